@@ -1,0 +1,15 @@
+"""keras-compress: pruning, quantization and distillation for Keras 3,
+measured on the converted TFLite model.
+
+```python
+import keras_compress as kc
+pruned = kc.pruning.prune_low_magnitude(model, kc.pruning.PolynomialDecay(0, 0.8, 0, 1000))
+```
+"""
+
+__version__ = "0.1.0"
+
+from keras_compress import datasets, export, pruning
+from keras_compress.export import evaluate_tflite, predict_tflite, to_tflite
+
+__all__ = ["datasets", "evaluate_tflite", "export", "predict_tflite", "pruning", "to_tflite"]

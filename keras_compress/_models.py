@@ -1,0 +1,105 @@
+"""Walking and cloning Keras models: the one helper every technique shares.
+
+Pruning, stripping, structured pruning and quantization all rewrite a model
+layer by layer. They do it here, by cloning, so the model the user passed in is
+never modified.
+"""
+
+import keras
+from keras.src.models.functional import Functional  # Keras has no public name for it.
+
+
+def check_graph_model(model, api, layer_api):
+    """Raises unless `model` is a built Sequential or Functional model.
+
+    Args:
+        model: the object a model-level API received.
+        api: the API's name, for the message.
+        layer_api: what a subclassed-model user should call instead.
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"{api} expects a keras.Model (Sequential or Functional), got "
+            f"{type(model).__name__}: {model!r}."
+        )
+    if not isinstance(model, (keras.Sequential, Functional)):
+        raise ValueError(
+            f"{api} cannot rewrite model '{model.name}': it is a subclassed "
+            f"{type(model).__name__}, whose call() cannot be cloned. Build it as "
+            f"a Sequential or Functional model, or use {layer_api} on its "
+            "layers inside your own __init__."
+        )
+    if not model.built or not model.inputs:
+        raise ValueError(
+            f"{api} needs a built model with known inputs; model "
+            f"'{model.name}' is not built. Give it a keras.Input or call it on "
+            "data first."
+        )
+
+
+def walk_layers(model):
+    """Yields the layers of `model`, descending into nested models.
+
+    Nested Sequential and Functional models are expanded; wrappers (such as
+    `PruneWrapper`) are yielded as single layers.
+    """
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from walk_layers(layer)
+        else:
+            yield layer
+
+
+def copy_layer(layer):
+    """A new, unbuilt layer with the same config as `layer`."""
+    return layer.__class__.from_config(layer.get_config())
+
+
+def _named_inputs(model):
+    """New inputs named like the model's InputLayers (Keras's clone would name
+    them after the tensors, which renames the converted model's inputs)."""
+    if not isinstance(model, Functional) or isinstance(model, keras.Sequential):
+        return None
+    return keras.tree.map_structure(
+        lambda t: keras.Input(
+            batch_shape=t.shape,
+            dtype=t.dtype,
+            sparse=t.sparse,
+            name=t._keras_history.operation.name,
+        ),
+        model.input,
+    )
+
+
+def clone_model(model, transform):
+    """Clones a Sequential or Functional model (nested ones too), copying weights.
+
+    Args:
+        model: a model accepted by `check_graph_model`.
+        transform: called on every non-model layer with the layer. Returns
+            `None` to copy the layer unchanged (config and weights), or a pair
+            `(new_layer, fill)` where `new_layer` is an unbuilt layer put in its
+            place and `fill(new_layer)` sets its weights once the clone is built.
+
+    Returns:
+        The new model. `model` is not modified.
+    """
+    pending = []
+
+    def clone_function(layer):
+        replaced = transform(layer)
+        if replaced is None:
+            new = copy_layer(layer)
+            replaced = (new, lambda built, source=layer: built.set_weights(source.get_weights()))
+        pending.append(replaced)
+        return replaced[0]
+
+    clone = keras.models.clone_model(
+        model,
+        input_tensors=_named_inputs(model),
+        clone_function=clone_function,
+        recursive=True,
+    )
+    for new, fill in pending:
+        fill(new)
+    return clone

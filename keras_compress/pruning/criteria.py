@@ -1,0 +1,107 @@
+"""Pruning criteria: pure functions from weights to a 0/1 mask.
+
+Each criterion takes weight tensors and an amount and returns masks of the same
+shapes (float32, 1 = keep, 0 = prune). They hold no state, so they are easy to
+test and to combine; the callbacks decide when to call them.
+"""
+
+import math
+
+from keras import ops
+
+
+def _count_to_prune(size, sparsity):
+    if not 0.0 <= sparsity <= 1.0 or math.isnan(sparsity):
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity!r}.")
+    return int(round(sparsity * size))
+
+
+def _mask_smallest(scores, count):
+    """Flat mask that zeroes the `count` smallest entries of flat `scores`."""
+    size = int(scores.shape[0])
+    mask = ops.ones((size,), dtype="float32")
+    if count == 0:
+        return mask
+    # A stable sort, so already-pruned zeros (the smallest scores) stay pruned
+    # and ties are broken by position, never by chance.
+    order = ops.argsort(scores)[:count]
+    return ops.scatter_update(
+        mask, ops.expand_dims(order, -1), ops.zeros((count,), dtype="float32")
+    )
+
+
+def magnitude(weights, sparsity):
+    """Masks the `round(sparsity * size)` weights of smallest magnitude.
+
+    Args:
+        weights: a weight tensor (any shape).
+        sparsity: fraction of entries to prune, in [0, 1].
+
+    Returns:
+        A float32 mask of the shape of `weights` with exactly
+        `round(sparsity * size)` zeros.
+
+    Example:
+
+    ```python
+    magnitude(np.array([0.1, -3.0, 0.2, 2.0]), 0.5)  # [0., 1., 0., 1.]
+    ```
+    """
+    scores = ops.reshape(ops.abs(ops.convert_to_tensor(weights)), (-1,))
+    count = _count_to_prune(int(scores.shape[0]), sparsity)
+    return ops.reshape(_mask_smallest(scores, count), ops.shape(weights))
+
+
+def global_magnitude(weights_list, sparsity):
+    """Magnitude pruning with one threshold across several tensors.
+
+    The `round(sparsity * total)` weights of smallest magnitude over all the
+    tensors together are pruned, so layers with many small weights end up
+    sparser than layers with few.
+
+    Args:
+        weights_list: a list of weight tensors.
+        sparsity: fraction of all their entries to prune, in [0, 1].
+
+    Returns:
+        A list of float32 masks, one per tensor.
+    """
+    tensors = [ops.convert_to_tensor(w) for w in weights_list]
+    if not tensors:
+        raise ValueError("global_magnitude needs at least one weight tensor.")
+    flat = [ops.reshape(ops.abs(ops.cast(t, "float32")), (-1,)) for t in tensors]
+    scores = ops.concatenate(flat, axis=0)
+    count = _count_to_prune(int(scores.shape[0]), sparsity)
+    mask = _mask_smallest(scores, count)
+    masks, start = [], 0
+    for t, f in zip(tensors, flat):
+        size = int(f.shape[0])
+        masks.append(ops.reshape(mask[start : start + size], ops.shape(t)))
+        start += size
+    return masks
+
+
+def threshold(weights, epsilon):
+    """Masks the weights with `|w| < epsilon`.
+
+    Args:
+        weights: a weight tensor.
+        epsilon: absolute threshold (>= 0).
+    """
+    if not epsilon >= 0:
+        raise ValueError(f"epsilon must be >= 0, got {epsilon!r}.")
+    w = ops.convert_to_tensor(weights)
+    return ops.cast(ops.abs(w) >= epsilon, "float32")
+
+
+def relative_threshold(weights, alpha):
+    """Masks the weights with `|w| < alpha * max|w|`.
+
+    Args:
+        weights: a weight tensor.
+        alpha: fraction of the largest magnitude, in [0, 1].
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}.")
+    w = ops.abs(ops.convert_to_tensor(weights))
+    return ops.cast(w >= alpha * ops.max(w), "float32")

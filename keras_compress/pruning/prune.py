@@ -1,0 +1,185 @@
+"""Model-level pruning API: `prune_low_magnitude` and `strip_pruning`."""
+
+import logging
+
+import keras
+from keras import ops
+
+from keras_compress import _models
+from keras_compress.pruning.schedules import ConstantSparsity
+from keras_compress.pruning.wrapper import (
+    SUPPORTED_LAYER_NAMES,
+    PruneWrapper,
+    check_options,
+    why_not_prunable,
+)
+
+logger = logging.getLogger("keras_compress")
+
+_DEFAULT_SCHEDULE = ConstantSparsity(0.5, begin_step=0)
+_LAYER_API = "keras_compress.pruning.PruneWrapper (or prune_low_magnitude on a layer)"
+
+
+def prune_low_magnitude(
+    to_prune,
+    pruning_schedule=_DEFAULT_SCHEDULE,
+    *,
+    layers=None,
+    global_pruning=False,
+    prune_bias=False,
+):
+    """Wraps the prunable layers of a model (or one layer) in `PruneWrapper`.
+
+    A model is cloned: the returned model has the same weights and, before any
+    pruning step, the same outputs; the model passed in is not modified.
+    Sequential, Functional and nested models are supported. Layers without a
+    pruning rule (BatchNormalization, pooling, ...) are kept as they are; when
+    no `layers` selection is given, those holding weights are listed in a
+    warning. Pruning then happens during `fit` with the `UpdatePruningStep`
+    callback (schedules) or `ThresholdPruning`.
+
+    Args:
+        to_prune: a Sequential or Functional `keras.Model`, a layer, or a list
+            of layers. A layer is wrapped in place (not copied), as when
+            building a model: `prune_low_magnitude(keras.layers.Dense(10))`.
+        pruning_schedule: a `PruningSchedule`, or `None` to create masks that
+            only `ThresholdPruning` changes (the L1-then-threshold recipe).
+            Default: `ConstantSparsity(0.5, begin_step=0)`, as in tfmot.
+        layers: which layers of a model to prune. `None` (default) prunes
+            every prunable layer. Otherwise a layer name, a layer class, a
+            list of names and classes, or a predicate `fn(layer) -> bool`
+            called on each prunable layer. A name that does not exist, or a
+            named layer or class that cannot be pruned, raises `ValueError`.
+        global_pruning: rank the weights of all wrapped layers together (one
+            magnitude threshold for the model) instead of pruning each layer
+            to the scheduled sparsity.
+        prune_bias: also mask biases. Default False.
+
+    Returns:
+        The pruned model (a clone), or the wrapper(s) for layer input.
+
+    Example:
+
+    ```python
+    schedule = kc.pruning.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=1000)
+    pruned = kc.pruning.prune_low_magnitude(model, schedule)
+    pruned.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    pruned.fit(x, y, epochs=4, callbacks=[kc.pruning.UpdatePruningStep()])
+    final = kc.pruning.strip_pruning(pruned)
+    ```
+    """
+    options = dict(
+        pruning_schedule=pruning_schedule,
+        global_pruning=global_pruning,
+        prune_bias=prune_bias,
+    )
+    if isinstance(to_prune, (list, tuple)) and all(
+        isinstance(x, keras.layers.Layer) and not isinstance(x, keras.Model) for x in to_prune
+    ):
+        return [PruneWrapper(layer, **options) for layer in to_prune]
+    if isinstance(to_prune, keras.layers.Layer) and not isinstance(to_prune, keras.Model):
+        return PruneWrapper(to_prune, **options)
+    _models.check_graph_model(to_prune, "prune_low_magnitude", _LAYER_API)
+    check_options("prune_low_magnitude", **options)
+    selected = _select_layers(to_prune, layers)
+    if not selected:
+        raise ValueError(
+            f"prune_low_magnitude found nothing to prune in model '{to_prune.name}' "
+            f"with layers={layers!r}. Prunable types: {SUPPORTED_LAYER_NAMES}."
+        )
+
+    def transform(layer):
+        if id(layer) not in selected:
+            return None
+        copy = _models.copy_layer(layer)
+        wrapper = PruneWrapper(copy, **options)
+        return wrapper, lambda built, source=layer: built.layer.set_weights(source.get_weights())
+
+    pruned = _models.clone_model(to_prune, transform)
+    names = [layer.name for layer in _models.walk_layers(to_prune) if id(layer) in selected]
+    logger.info("prune_low_magnitude wrapped %d layers: %s", len(names), ", ".join(names))
+    return pruned
+
+
+def _select_layers(model, layers):
+    """Ids of the layers to wrap; raises on an invalid selection."""
+    all_layers = list(_models.walk_layers(model))
+    prunable = [l for l in all_layers if why_not_prunable(l) is None]
+    if layers is None:
+        skipped = [
+            l for l in all_layers
+            if why_not_prunable(l) is not None
+            and l.weights and not isinstance(l, PruneWrapper)
+        ]
+        if skipped:
+            logger.warning(
+                "prune_low_magnitude leaves these layers unpruned (no pruning "
+                "rule for their type): %s",
+                ", ".join(f"{l.name} ({type(l).__name__})" for l in skipped),
+            )
+        return {id(l) for l in prunable}
+    if callable(layers) and not isinstance(layers, type):
+        return {id(l) for l in prunable if layers(l)}
+    items = [layers] if isinstance(layers, (str, type)) else list(layers)
+    selected = set()
+    by_name = {}
+    for l in all_layers:
+        by_name.setdefault(l.name, []).append(l)
+    for item in items:
+        if isinstance(item, str):
+            if item not in by_name:
+                raise ValueError(
+                    f"prune_low_magnitude: layers names '{item}', which is not a "
+                    f"layer of model '{model.name}'. Its layers are: "
+                    f"{', '.join(sorted(by_name))}."
+                )
+            matches = by_name[item]
+        elif isinstance(item, type) and issubclass(item, keras.layers.Layer):
+            matches = [l for l in all_layers if isinstance(l, item)]
+        else:
+            raise TypeError(
+                "prune_low_magnitude: layers must be None, a layer name, a layer "
+                f"class, a list of those, or a predicate; got item {item!r}."
+            )
+        for l in matches:
+            reason = why_not_prunable(l)
+            if reason:
+                raise ValueError(f"prune_low_magnitude cannot prune {reason}")
+            selected.add(id(l))
+    return selected
+
+
+def strip_pruning(model):
+    """Removes every `PruneWrapper`, baking the masks into the weights.
+
+    Returns a plain Keras model (a clone; `model` is not modified) whose
+    outputs equal the wrapped model's, ready for saving and conversion.
+    A single `PruneWrapper` gives back a copy of its inner layer.
+
+    Args:
+        model: a model containing `PruneWrapper` layers, or one wrapper.
+    """
+    if isinstance(model, PruneWrapper):
+        layer = _models.copy_layer(model.layer)
+        if model.layer.built:
+            layer.build_from_config(model.layer.get_build_config())
+            layer.set_weights(_masked_weights(model))
+        return layer
+    _models.check_graph_model(model, "strip_pruning", "strip_pruning(wrapper)")
+
+    def transform(layer):
+        if not isinstance(layer, PruneWrapper):
+            return None
+        return _models.copy_layer(layer.layer), lambda built, source=layer: built.set_weights(
+            _masked_weights(source)
+        )
+
+    return _models.clone_model(model, transform)
+
+
+def _masked_weights(wrapper):
+    masks = {id(w): m for w, m in zip(wrapper.pruned_weights, wrapper.masks)}
+    return [
+        ops.convert_to_numpy(w * masks[id(w)] if id(w) in masks else w)
+        for w in wrapper.layer.weights
+    ]

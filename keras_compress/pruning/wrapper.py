@@ -1,0 +1,268 @@
+"""`PruneWrapper`: a Keras layer wrapper that holds pruning masks and applies them."""
+
+import keras
+from keras import layers as L
+from keras import ops
+
+from keras_compress.pruning import schedules as schedules_lib
+
+# Which weights of which layer types are pruned. Bias is added on request.
+# A layer outside this table can still be pruned if it implements
+# `get_prunable_weights()`, returning the variables to prune (tfmot's protocol).
+PRUNABLE_WEIGHTS = (
+    ((L.Dense, L.EinsumDense), ("kernel",)),
+    ((L.Conv1D, L.Conv2D, L.Conv3D), ("kernel",)),
+    ((L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose), ("kernel",)),
+    ((L.DepthwiseConv1D, L.DepthwiseConv2D), ("kernel",)),  # Keras 3 names it "kernel"
+    ((L.SeparableConv1D, L.SeparableConv2D), ("depthwise_kernel", "pointwise_kernel")),
+    ((L.Embedding,), ("embeddings",)),
+)
+
+SUPPORTED_LAYER_NAMES = ", ".join(
+    cls.__name__ for classes, _ in PRUNABLE_WEIGHTS for cls in classes
+) + ", or any layer with get_prunable_weights()"
+
+
+def _rule_for(layer):
+    for classes, attributes in PRUNABLE_WEIGHTS:
+        if isinstance(layer, classes):
+            return attributes
+    return None
+
+
+def why_not_prunable(layer):
+    """`None` if `layer` can be pruned, else the reason as a sentence."""
+    if isinstance(layer, PruneWrapper):
+        return f"layer '{layer.name}' is already a PruneWrapper."
+    if getattr(layer, "quantization_mode", None):
+        return (
+            f"layer '{layer.name}' is quantized ({layer.quantization_mode}); "
+            "prune before quantizing."
+        )
+    if getattr(layer, "lora_enabled", False):
+        return f"layer '{layer.name}' has LoRA enabled; merge or disable LoRA first."
+    if _rule_for(layer) is None and not hasattr(layer, "get_prunable_weights"):
+        return (
+            f"layer '{layer.name}' ({type(layer).__name__}) has no pruning rule. "
+            f"Prunable types: {SUPPORTED_LAYER_NAMES}."
+        )
+    return None
+
+
+def prunable_weights(layer, prune_bias=False):
+    """The variables of a built `layer` that pruning masks."""
+    attributes = _rule_for(layer)
+    if attributes is None:
+        weights = list(layer.get_prunable_weights())
+    else:
+        weights = [getattr(layer, name) for name in attributes]
+    if prune_bias and getattr(layer, "bias", None) is not None:
+        weights.append(layer.bias)
+    for w in weights:
+        if not isinstance(w, keras.Variable):
+            raise TypeError(
+                f"layer '{layer.name}': prunable weight {w!r} is not a "
+                "keras.Variable, so it cannot be masked."
+            )
+    return weights
+
+
+def check_options(where, pruning_schedule, global_pruning, prune_bias):
+    """Validates the PruneWrapper options; `where` names the caller for the message."""
+    if pruning_schedule is not None and not isinstance(
+        pruning_schedule, schedules_lib.PruningSchedule
+    ):
+        raise TypeError(
+            f"{where}: pruning_schedule must be a PruningSchedule "
+            f"(ConstantSparsity, PolynomialDecay) or None, got {pruning_schedule!r}."
+        )
+    for name, value in (("global_pruning", global_pruning), ("prune_bias", prune_bias)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{where}: {name} must be True or False, got {value!r}.")
+
+
+class _MaskConstraint:
+    """Re-applies the mask after every optimizer step (Keras applies a
+    variable's constraint right after each update), so pruned weights are
+    exactly zero in the raw variables, not only in the forward pass."""
+
+    def __init__(self, mask, inner=None):
+        self.mask = mask
+        self.inner = inner
+
+    def __call__(self, w):
+        if self.inner is not None:
+            w = self.inner(w)
+        return w * ops.cast(self.mask, w.dtype)
+
+
+@keras.saving.register_keras_serializable(package="keras_compress")
+class PruneWrapper(L.Wrapper):
+    """Prunes the weights of a layer with 0/1 masks held as non-trainable variables.
+
+    The forward pass uses `weight * mask`, and the mask is re-applied to the
+    raw variable after every optimizer step, so pruned weights are exactly 0.
+    The masks change only when a pruning callback changes them:
+    `UpdatePruningStep` (following `pruning_schedule`) or `ThresholdPruning`.
+    The wrapper also holds the training step it has seen and an L1 strength
+    (set by `L1Regularization`); while it is above 0, `l1_strength * sum|w|`
+    over the pruned weights is added to the loss.
+
+    Args:
+        layer: the layer to prune: Dense, EinsumDense, Conv1D/2D/3D, their
+            Transpose variants, DepthwiseConv1D/2D, SeparableConv1D/2D (both
+            kernels), Embedding, or a layer that implements
+            `get_prunable_weights()`.
+        pruning_schedule: a `PruningSchedule` (`ConstantSparsity`,
+            `PolynomialDecay`) for magnitude pruning, or `None` when masks are
+            only set by threshold pruning.
+        global_pruning: if True, `UpdatePruningStep` ranks this layer's weights
+            together with those of every other wrapper that has
+            `global_pruning=True` (they must share one schedule), instead of
+            pruning each layer to the same sparsity.
+        prune_bias: if True, the bias is masked too. Default False.
+        **kwargs: base layer arguments (`name`, ...). The default name is
+            `"prune_low_magnitude_" + layer.name`.
+
+    Example:
+
+    ```python
+    model = keras.Sequential([
+        keras.Input((784,)),
+        PruneWrapper(keras.layers.Dense(10), PolynomialDecay(0.0, 0.8, 0, 1000)),
+    ])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=5, callbacks=[UpdatePruningStep()])
+    ```
+    """
+
+    def __init__(
+        self,
+        layer,
+        pruning_schedule=None,
+        global_pruning=False,
+        prune_bias=False,
+        **kwargs,
+    ):
+        if not isinstance(layer, L.Layer):
+            raise TypeError(
+                f"PruneWrapper expects a keras layer, got {type(layer).__name__}: "
+                f"{layer!r}."
+            )
+        reason = why_not_prunable(layer)
+        if reason:
+            raise ValueError(f"PruneWrapper cannot wrap {reason}")
+        check_options(f"layer '{layer.name}'", pruning_schedule, global_pruning, prune_bias)
+        kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
+        super().__init__(layer, **kwargs)
+        self.pruning_schedule = pruning_schedule
+        self.global_pruning = global_pruning
+        self.prune_bias = prune_bias
+        self.supports_masking = layer.supports_masking
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        self._pruned = prunable_weights(self.layer, self.prune_bias)
+        # Masks stay float32 and are written only from cross-replica context
+        # (callbacks); the step is counted inside the train step, once per
+        # replica, so only the first replica's count is kept.
+        self.masks = [
+            self.add_weight(
+                shape=w.shape,
+                initializer="ones",
+                dtype="float32",
+                trainable=False,
+                autocast=False,
+                name=f"{w.name}_mask",
+            )
+            for w in self._pruned
+        ]
+        self.pruning_step = self.add_weight(
+            shape=(),
+            initializer="zeros",
+            dtype="int64",
+            trainable=False,
+            autocast=False,
+            aggregation="only_first_replica",
+            name="pruning_step",
+        )
+        self.l1_strength = self.add_weight(
+            shape=(),
+            initializer="zeros",
+            dtype="float32",
+            trainable=False,
+            autocast=False,
+            name="l1_strength",
+        )
+        for w, mask in zip(self._pruned, self.masks):
+            w.constraint = _MaskConstraint(mask, w.constraint)
+
+    @property
+    def pruned_weights(self):
+        """The variables this wrapper masks, aligned with `masks`."""
+        return list(self._pruned)
+
+    def set_masks(self, masks):
+        """Assigns new masks (aligned with `pruned_weights`) and zeroes the
+        weights they prune."""
+        if len(masks) != len(self.masks):
+            raise ValueError(
+                f"layer '{self.name}' holds {len(self.masks)} masks, got {len(masks)}."
+            )
+        for w, variable, mask in zip(self._pruned, self.masks, masks):
+            mask = ops.cast(mask, "float32")
+            variable.assign(mask)
+            w.assign(w * ops.cast(mask, w.dtype))
+
+    def call(self, inputs, *args, training=None, **kwargs):
+        masked = {
+            id(w): ops.cast(w, w.dtype) * ops.cast(m, w.dtype)
+            for w, m in zip(self._pruned, self.masks)
+        }
+        if training:
+            self.pruning_step.assign_add(1)
+            l1 = sum(ops.sum(ops.abs(ops.cast(v, "float32"))) for v in masked.values())
+            self.add_loss(self.l1_strength * l1)
+        # The wrapped layer runs unchanged but reads the masked values in place
+        # of its variables; gradients flow to the variables through the masks.
+        mapping = [(v, masked.get(id(v), v.value)) for v in self.layer.variables]
+        with keras.StatelessScope(mapping, collect_losses=True) as scope:
+            outputs = self.layer(inputs, *args, **kwargs)
+        for loss in scope.losses:
+            self.add_loss(loss)
+        return outputs
+
+    def compute_output_shape(self, input_shape, *args, **kwargs):
+        return self.layer.compute_output_shape(input_shape, *args, **kwargs)
+
+    def compute_output_spec(self, *args, **kwargs):
+        return self.layer.compute_output_spec(*args, **kwargs)
+
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "pruning_schedule": None
+                if self.pruning_schedule is None
+                else keras.saving.serialize_keras_object(self.pruning_schedule),
+                "global_pruning": self.global_pruning,
+                "prune_bias": self.prune_bias,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        schedule = config.pop("pruning_schedule", None)
+        if schedule is not None:
+            schedule = keras.saving.deserialize_keras_object(
+                schedule, custom_objects=custom_objects
+            )
+        layer = keras.saving.deserialize_keras_object(
+            config.pop("layer"), custom_objects=custom_objects
+        )
+        return cls(layer, pruning_schedule=schedule, **config)
