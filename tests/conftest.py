@@ -1,0 +1,65 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(1234)
+
+
+def small_cnn(name="cnn"):
+    """The benchmark architecture at a glance: 2 conv + 2 dense (smaller input)."""
+    return keras.Sequential(
+        [
+            keras.Input((12, 12, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu", name="conv_a"),
+            keras.layers.MaxPooling2D(name="pool"),
+            keras.layers.Conv2D(8, 3, activation="relu", name="conv_b"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(16, activation="relu", name="dense_a"),
+            keras.layers.Dense(3, name="logits"),
+        ],
+        name=name,
+    )
+
+
+def toy_data(n=64, shape=(12, 12, 1), classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, *shape)).astype("float32")
+    y = rng.integers(0, classes, n)
+    return x, y
+
+
+def compile_for_test(model, optimizer="adam"):
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def value(x):
+    """A variable or tensor as a numpy array."""
+    return keras.ops.convert_to_numpy(x)
+
+
+def snapshot(model):
+    """Structure and weights of a model, to prove an API left it untouched."""
+    return (
+        [(l.name, type(l).__name__) for l in model.layers],
+        [np.array(w) for w in model.get_weights()],
+    )
+
+
+def assert_unchanged(model, before):
+    names, weights = snapshot(model)
+    assert names == before[0]
+    assert len(weights) == len(before[1])
+    for a, b in zip(weights, before[1]):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,249 @@
+import glob
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import compile_for_test, small_cnn, toy_data, value
+from keras_compress.pruning import (
+    ConstantSparsity,
+    L1Regularization,
+    PolynomialDecay,
+    PruneWrapper,
+    PruningSummaries,
+    ThresholdPruning,
+    UpdatePruningStep,
+    prune_low_magnitude,
+    sparsity_report,
+)
+
+
+def wrappers(model):
+    return [l for l in model.layers if isinstance(l, PruneWrapper)]
+
+
+def zeros(variable):
+    return int(np.count_nonzero(value(variable) == 0))
+
+
+class MaskRecorder(keras.callbacks.Callback):
+    """Zeros in each wrapper's first mask as each batch starts (after pruning)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.rows.append([zeros(w.masks[0]) for w in wrappers(self.model)])
+
+
+def test_masks_change_exactly_at_scheduled_steps_to_scheduled_counts():
+    x, y = toy_data(64)
+    schedule = PolynomialDecay(0.0, 0.75, begin_step=2, end_step=12, power=1, frequency=5)
+    pruned = compile_for_test(prune_low_magnitude(small_cnn(), schedule))
+    recorder = MaskRecorder()
+    pruned.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
+               callbacks=[UpdatePruningStep(), recorder])
+    sizes = [int(np.prod(w.masks[0].shape)) for w in wrappers(pruned)]
+    # Hand-computed: prune at steps 2, 7, 12 to 0, 0.375, 0.75 (linear).
+    target = {0: 0.0, 1: 0.0, **{s: 0.0 for s in range(2, 7)},
+              **{s: 0.375 for s in range(7, 12)}, **{s: 0.75 for s in range(12, 16)}}
+    expected = [[round(target[s] * n) for n in sizes] for s in range(16)]
+    assert recorder.rows == expected
+    assert [int(w.pruning_step.numpy()) for w in wrappers(pruned)] == [16] * 4
+
+
+def test_steps_continue_across_consecutive_fits():
+    x, y = toy_data(32)
+    pruned = compile_for_test(prune_low_magnitude(small_cnn(), ConstantSparsity(0.5, begin_step=6, frequency=100)))
+    pruned.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[UpdatePruningStep()])
+    assert sparsity_report(pruned).total.zeros == 0  # steps 0-3: not yet
+    pruned.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[UpdatePruningStep()])
+    assert sparsity_report(pruned).total.sparsity == pytest.approx(0.5, abs=0.01)
+    assert int(wrappers(pruned)[0].pruning_step.numpy()) == 8
+
+
+def test_global_pruning_ranks_all_layers_together():
+    x, y = toy_data(32)
+    model = small_cnn()
+    pruned = compile_for_test(prune_low_magnitude(model, ConstantSparsity(0.7, 0), global_pruning=True))
+    pruned.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[UpdatePruningStep()])
+    report = sparsity_report(pruned)
+    assert report.total.zeros == round(0.7 * report.total.parameters)
+    assert len({round(r.sparsity, 2) for r in report}) > 1  # layers differ
+    # Same ranking as the criterion applied to the weights at step 0.
+    from keras_compress.pruning.criteria import global_magnitude
+
+    expected = global_magnitude([value(l.kernel) for l in model.layers if hasattr(l, "kernel")], 0.7)
+    for w, m in zip(wrappers(pruned), expected):
+        np.testing.assert_array_equal(value(w.masks[0]), value(m))
+
+
+def test_global_pruning_needs_one_schedule():
+    model = small_cnn()
+    a = prune_low_magnitude(model, ConstantSparsity(0.5, 0), global_pruning=True, layers="dense_a")
+    b = prune_low_magnitude(a, ConstantSparsity(0.6, 0), global_pruning=True, layers="conv_a")
+    compile_for_test(b)
+    with pytest.raises(ValueError, match="must share one schedule"):
+        b.fit(*toy_data(8), verbose=0, callbacks=[UpdatePruningStep()])
+
+
+def test_warns_when_the_fit_cannot_reach_final_sparsity():
+    x, y = toy_data(32)  # 4 steps per epoch, 8 in the fit
+    late = compile_for_test(prune_low_magnitude(small_cnn(), PolynomialDecay(0.0, 0.8, 0, 400, frequency=100)))
+    with pytest.warns(UserWarning, match=r"will not reach its final sparsity 0.8 in this fit \(steps 0 to 7\): its last pruning step in this fit is 0"):
+        late.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[UpdatePruningStep()])
+    never = compile_for_test(prune_low_magnitude(small_cnn(), ConstantSparsity(0.5, begin_step=100)))
+    with pytest.warns(UserWarning, match="no pruning step falls within this fit"):
+        never.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[UpdatePruningStep()])
+
+
+def test_no_warning_when_the_schedule_completes():
+    x, y = toy_data(32)
+    pruned = compile_for_test(prune_low_magnitude(small_cnn(), PolynomialDecay(0.0, 0.8, 0, 6, frequency=2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pruned.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[UpdatePruningStep()])
+    assert sparsity_report(pruned).total.sparsity == pytest.approx(0.8, abs=0.01)
+
+
+def test_steps_per_execution_counts_every_step():
+    x, y = toy_data(64)
+    pruned = prune_low_magnitude(small_cnn(), PolynomialDecay(0.0, 0.5, 0, 8, frequency=4, power=1))
+    pruned.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), steps_per_execution=4)
+    pruned.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[UpdatePruningStep()])
+    assert int(wrappers(pruned)[0].pruning_step.numpy()) == 16
+    assert sparsity_report(pruned).total.sparsity == pytest.approx(0.5, abs=0.01)
+
+
+def test_save_mid_training_and_continue_with_same_masks_and_step(tmp_path):
+    x, y = toy_data(64)
+    schedule = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=24, frequency=4)
+    pruned = compile_for_test(prune_low_magnitude(small_cnn(), schedule))
+    pruned.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[UpdatePruningStep()])
+    pruned.save(tmp_path / "mid.keras")
+    loaded = keras.saving.load_model(tmp_path / "mid.keras")
+    for a, b in zip(wrappers(loaded), wrappers(pruned)):
+        assert int(a.pruning_step.numpy()) == int(b.pruning_step.numpy()) == 8
+        np.testing.assert_array_equal(value(a.masks[0]), value(b.masks[0]))
+    for model in (pruned, loaded):
+        model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0, callbacks=[UpdatePruningStep()])
+    for a, b in zip(wrappers(loaded), wrappers(pruned)):
+        assert int(a.pruning_step.numpy()) == 32
+        np.testing.assert_array_equal(value(a.masks[0]), value(b.masks[0]))
+        np.testing.assert_allclose(value(a.layer.kernel), value(b.layer.kernel), rtol=1e-4, atol=1e-6)
+
+
+def test_l1_then_threshold_then_fine_tune_in_one_fit():
+    x, y = toy_data(64)
+    model = small_cnn()
+    pruned = compile_for_test(prune_low_magnitude(model, None))
+    reference = compile_for_test(prune_low_magnitude(model, None))
+
+    class MasksAtEpochStart(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.masks = {}
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.masks[epoch] = [value(w.masks[0]) for w in wrappers(self.model)]
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:  # the last L1 epoch, before thresholding
+                self.l1_sum = sum(float(np.abs(value(w.layer.kernel)).sum()) for w in wrappers(self.model))
+
+    seen = MasksAtEpochStart()
+    history = pruned.fit(
+        x, y, batch_size=8, epochs=5, verbose=0, shuffle=False,
+        callbacks=[L1Regularization(0.05, end_epoch=3),
+                   ThresholdPruning(relative_threshold=0.2, epochs=3), seen],
+    )
+    reference.fit(x, y, batch_size=8, epochs=3, verbose=0, shuffle=False)
+    assert history.history["l1_strength"] == [0.05, 0.05, 0.05, 0.0, 0.0]
+    # L1 shrinks the weights compared with the same 3 epochs without it.
+    ref_sum = sum(float(np.abs(value(w.layer.kernel)).sum()) for w in wrappers(reference))
+    assert seen.l1_sum < 0.9 * ref_sum
+    assert all(m.all() for m in seen.masks[2])  # nothing pruned before epoch 3
+    pruned_at_3 = seen.masks[3]
+    assert sum(int((m == 0).sum()) for m in pruned_at_3) > 0
+    for w, m in zip(wrappers(pruned), pruned_at_3):  # held fixed while fine-tuning
+        np.testing.assert_array_equal(value(w.masks[0]), m)
+        assert np.all(value(w.layer.kernel)[m == 0] == 0)
+    assert all(float(w.l1_strength.numpy()) == 0.0 for w in wrappers(pruned))
+
+
+def test_l1_recipe_in_consecutive_fits():
+    x, y = toy_data(32)
+    pruned = compile_for_test(prune_low_magnitude(small_cnn(), None))
+    pruned.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[L1Regularization(0.01)])
+    kernels = [value(w.layer.kernel) for w in wrappers(pruned)]
+    expected = [np.abs(k) >= 0.1 * np.abs(k).max() for k in kernels]
+    pruned.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[ThresholdPruning(relative_threshold=0.1)])
+    for w, keep in zip(wrappers(pruned), expected):
+        np.testing.assert_array_equal(value(w.masks[0]), keep.astype("float32"))
+
+
+def test_threshold_at_a_step_and_masks_only_narrow():
+    x, y = toy_data(32)
+    pruned = compile_for_test(prune_low_magnitude(small_cnn(), None))
+    first = wrappers(pruned)[2]
+    first.set_masks([np.zeros(first.masks[0].shape, "float32")])  # all pruned already
+    recorder = MaskRecorder()
+    pruned.fit(x, y, batch_size=8, epochs=2, verbose=0,
+               callbacks=[ThresholdPruning(threshold=0.0, steps=[5]), recorder])
+    assert zeros(first.masks[0]) == first.masks[0].shape[0] * first.masks[0].shape[1]
+    others = [row[0] for row in recorder.rows]
+    assert others == [0] * 8  # threshold 0 prunes nothing new
+    big = compile_for_test(prune_low_magnitude(small_cnn(), None))
+    recorder = MaskRecorder()
+    big.fit(x, y, batch_size=8, epochs=2, verbose=0,
+            callbacks=[ThresholdPruning(threshold=0.05, steps=[5]), recorder])
+    counts = [row[2] for row in recorder.rows]
+    assert counts[:5] == [0] * 5 and counts[5] > 0 and len(set(counts[5:])) == 1
+
+
+def test_pruning_summaries_in_history_and_tensorboard(tmp_path):
+    x, y = toy_data(32)
+    pruned = compile_for_test(prune_low_magnitude(small_cnn(), ConstantSparsity(0.6, 0)))
+    history = pruned.fit(x, y, batch_size=8, epochs=2, verbose=0,
+                         callbacks=[UpdatePruningStep(), PruningSummaries(log_dir=tmp_path)])
+    report = sparsity_report(pruned)
+    for row in report:
+        assert history.history[f"sparsity/{row.name}"][-1] == pytest.approx(row.sparsity)
+    assert history.history["sparsity"][-1] == pytest.approx(report.total.sparsity)
+    assert glob.glob(str(tmp_path / "events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize(
+    "callback", [UpdatePruningStep(), ThresholdPruning(threshold=0.1), L1Regularization(0.1), PruningSummaries()]
+)
+def test_callbacks_need_wrappers(callback):
+    model = compile_for_test(small_cnn(name="plain"))
+    with pytest.raises(ValueError, match=f"{type(callback).__name__} found no PruneWrapper in model 'plain'"):
+        model.fit(*toy_data(8), verbose=0, callbacks=[callback])
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: ThresholdPruning(), "exactly one of threshold"),
+        (lambda: ThresholdPruning(threshold=0.1, relative_threshold=0.1), "exactly one of threshold"),
+        (lambda: ThresholdPruning(threshold=-1), "threshold must be a number >= 0"),
+        (lambda: ThresholdPruning(relative_threshold=1.5), r"relative_threshold must be in \[0, 1\]"),
+        (lambda: ThresholdPruning(threshold=0.1, epochs=[-1]), "epochs must be an int or a list of ints >= 0"),
+        (lambda: L1Regularization(-0.1), "strength must be a number >= 0"),
+        (lambda: L1Regularization(0.1, start_epoch=3, end_epoch=2), "end_epoch must be greater than start_epoch"),
+    ],
+)
+def test_invalid_callback_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_l1_strength_function_of_epoch():
+    x, y = toy_data(16)
+    pruned = compile_for_test(prune_low_magnitude(small_cnn(), None))
+    history = pruned.fit(x, y, batch_size=8, epochs=3, verbose=0,
+                         callbacks=[L1Regularization(lambda epoch: 0.001 * (epoch + 1))])
+    assert history.history["l1_strength"] == pytest.approx([0.001, 0.002, 0.003])
