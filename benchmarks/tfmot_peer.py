@@ -1,0 +1,361 @@
+"""TensorFlow Model Optimization (tfmot) peer for the pruning benchmark.
+
+This script is the *peer* in a side-by-side comparison: it runs tfmot's
+magnitude pruning on the legacy ``tf_keras`` with the same architecture, data,
+epochs and polynomial-decay schedule as the keras-compress benchmark, and
+reports the same figures (accuracy, sparsity, TFLite flatbuffer sizes and the
+training-step overhead of pruning) as JSON.
+
+It must run in its own process: tfmot only works with ``tf_keras``, which is
+selected through ``TF_USE_LEGACY_KERAS`` before TensorFlow is imported, and
+keras-compress imports Keras 3. For the same reason this script never imports
+``keras_compress``.
+
+Usage::
+
+    TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 \\
+        python benchmarks/tfmot_peer.py --data split.npz --out tfmot.json
+
+``split.npz`` holds ``x_train``, ``y_train``, ``x_test`` and ``y_test``
+(float32 images of shape (n, 28, 28, 1) in [0, 1], integer labels). Thread
+pinning is left to the caller through the environment variables above. The
+JSON is written to ``--out`` if given and always printed to stdout as the last
+line, prefixed by ``RESULT ``; progress goes to stderr.
+"""
+
+import os
+
+# tfmot wraps tf_keras layers only; this must be set before TensorFlow loads.
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+
+import argparse
+import importlib.metadata
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+THREAD_ENV_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+def log(stage):
+    print(f"[tfmot_peer] {stage}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="npz with x_train, y_train, x_test, y_test")
+    parser.add_argument("--epochs", type=int, default=3, help="baseline training epochs")
+    parser.add_argument("--finetune-epochs", type=int, default=3, help="pruning fine-tune epochs")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--initial-sparsity", type=float, default=0.5)
+    parser.add_argument("--final-sparsity", type=float, default=0.8)
+    parser.add_argument("--frequency", type=int, default=100, help="pruning frequency in steps")
+    parser.add_argument("--pairs", type=int, default=4, help="plain/pruned timing rounds")
+    parser.add_argument("--out", help="also write the JSON result to this path")
+    parser.add_argument("--skip-timing", action="store_true")
+    return parser.parse_args(argv)
+
+
+def load_data(path):
+    with np.load(path) as data:
+        return (data["x_train"], data["y_train"]), (data["x_test"], data["y_test"])
+
+
+def build_model():
+    return keras.Sequential(
+        [
+            keras.Input(shape=(28, 28, 1)),
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    )
+
+
+def compile_model(model):
+    # A fresh optimizer every time, so no model inherits another's Adam state.
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def clone_with_weights(model):
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def pruning_end_step(steps_per_epoch, finetune_epochs, frequency):
+    """Last pruning step: a multiple of `frequency` inside the fine-tuning.
+
+    tfmot only updates masks on steps where (step - begin_step) % frequency
+    == 0, so an end_step that is not such a step, or that lies beyond the last
+    training step, would leave the final sparsity unreached.
+    """
+    last_step = steps_per_epoch * finetune_epochs - 1
+    end_step = (last_step // frequency) * frequency
+    if end_step <= 0:
+        raise SystemExit(
+            f"frequency {frequency} leaves no pruning step after step 0 "
+            f"within {steps_per_epoch * finetune_epochs} fine-tuning steps"
+        )
+    return end_step
+
+
+def make_schedule(args, end_step):
+    return tfmot.sparsity.keras.PolynomialDecay(
+        initial_sparsity=args.initial_sparsity,
+        final_sparsity=args.final_sparsity,
+        begin_step=0,
+        end_step=end_step,
+        frequency=args.frequency,
+    )
+
+
+def prune(model, args, end_step):
+    return tfmot.sparsity.keras.prune_low_magnitude(
+        model, pruning_schedule=make_schedule(args, end_step)
+    )
+
+
+def keras_accuracy(model, x, y):
+    # Argmax over predictions rather than evaluate(): the stripped model is
+    # uncompiled, and this mirrors how the TFLite accuracy is computed.
+    logits = model.predict(x, batch_size=256, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=-1) == y))
+
+
+def kernel_sparsity(model):
+    kernels = [
+        layer.kernel.numpy()
+        for layer in model.layers
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
+    ]
+    zeros = sum(int(np.sum(k == 0)) for k in kernels)
+    total = sum(k.size for k in kernels)
+    return zeros / total
+
+
+def convert(model, optimizations):
+    """Convert to a TFLite flatbuffer; return (bytes, conversion path used)."""
+    try:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.optimizations = optimizations
+        return converter.convert(), "from_keras_model"
+    except Exception as error:  # the converter raises many unrelated types
+        log(f"from_keras_model failed ({type(error).__name__}: {error}); using SavedModel")
+    with tempfile.TemporaryDirectory() as saved_dir:
+        tf.saved_model.save(model, saved_dir)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_dir)
+        converter.optimizations = optimizations
+        return converter.convert(), "from_saved_model"
+
+
+def allocated_interpreter(flatbuffer, single_input_shape, resolver):
+    interpreter = Interpreter(model_content=flatbuffer, experimental_op_resolver_type=resolver)
+    input_detail = interpreter.get_input_details()[0]
+    if tuple(input_detail["shape"]) != single_input_shape:
+        interpreter.resize_tensor_input(input_detail["index"], single_input_shape)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def make_interpreter(flatbuffer, single_input_shape):
+    """Batch-1 interpreter; return (interpreter, name of the op resolver used).
+
+    The default resolver applies XNNPACK, which fails to prepare the sparse
+    dynamic-range int8 convolutions the converter emits; such models then run
+    on the builtin kernels alone.
+    """
+    try:
+        resolver = OpResolverType.AUTO
+        return allocated_interpreter(flatbuffer, single_input_shape, resolver), resolver.name
+    except RuntimeError as error:
+        log(f"LiteRT default delegates failed ({error}); retrying without them")
+    resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    return allocated_interpreter(flatbuffer, single_input_shape, resolver), resolver.name
+
+
+def tflite_accuracy(flatbuffer, x, y):
+    """Batch-1 accuracy through LiteRT; return (accuracy, op resolver used)."""
+    interpreter, resolver = make_interpreter(flatbuffer, (1,) + tuple(x.shape[1:]))
+    input_detail = interpreter.get_input_details()[0]
+    input_index, input_dtype = input_detail["index"], input_detail["dtype"]
+    output_index = interpreter.get_output_details()[0]["index"]
+    correct = 0
+    for image, label in zip(x, y):
+        interpreter.set_tensor(input_index, image[np.newaxis].astype(input_dtype))
+        interpreter.invoke()
+        correct += int(np.argmax(interpreter.get_tensor(output_index)) == label)
+    return correct / len(y), resolver
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall time of each epoch's training loop, excluding fit()'s setup."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def timed_epoch(model, x, y, batch_size, callbacks):
+    # The timer goes last so the pruned epoch includes UpdatePruningStep's
+    # end-of-epoch re-masking, which is part of tfmot's training cost.
+    timer = EpochTimer()
+    model.fit(
+        x, y, batch_size=batch_size, epochs=1, shuffle=True, verbose=0,
+        callbacks=[*callbacks, timer],
+    )
+    return timer.seconds[0]
+
+
+def measure_overhead(baseline, x, y, args, end_step, steps_per_epoch):
+    plain = compile_model(clone_with_weights(baseline))
+    pruned = compile_model(prune(clone_with_weights(baseline), args, end_step))
+    update_step = tfmot.sparsity.keras.UpdatePruningStep()
+
+    log("timing: warm-up (tracing, excluded)")
+    timed_epoch(plain, x, y, args.batch_size, [])
+    timed_epoch(pruned, x, y, args.batch_size, [update_step])
+
+    plain_ms, pruned_ms = [], []
+    for round_index in range(args.pairs):
+        log(f"timing: round {round_index + 1}/{args.pairs}")
+        plain_ms.append(1e3 * timed_epoch(plain, x, y, args.batch_size, []) / steps_per_epoch)
+        pruned_ms.append(
+            1e3 * timed_epoch(pruned, x, y, args.batch_size, [update_step]) / steps_per_epoch
+        )
+    ratios = [p / q for p, q in zip(pruned_ms, plain_ms)]
+    return {
+        "plain_ms_per_step": plain_ms,
+        "pruned_ms_per_step": pruned_ms,
+        "ratios": ratios,
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }
+
+
+def run(args):
+    (x_train, y_train), (x_test, y_test) = load_data(args.data)
+    steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
+    end_step = pruning_end_step(steps_per_epoch, args.finetune_epochs, args.frequency)
+
+    log(f"baseline: training {args.epochs} epochs")
+    keras.utils.set_random_seed(args.seed)
+    baseline = compile_model(build_model())
+    baseline.fit(
+        x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
+        shuffle=True, verbose=0,
+    )
+
+    log(f"pruning: fine-tuning {args.finetune_epochs} epochs (end_step={end_step})")
+    pruned = compile_model(prune(clone_with_weights(baseline), args, end_step))
+    pruned.fit(
+        x_train, y_train, batch_size=args.batch_size, epochs=args.finetune_epochs,
+        shuffle=True, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+    )
+    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+
+    log("converting to TFLite")
+    flatbuffers, paths = {}, {}
+    for name, model, optimizations in (
+        ("dense_float", baseline, []),
+        ("sparse_float", stripped, [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]),
+        ("sparse_int8", stripped,
+         [tf.lite.Optimize.DEFAULT, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]),
+    ):
+        flatbuffers[name], paths[name] = convert(model, optimizations)
+    distinct_paths = set(paths.values())
+
+    log("evaluating")
+    tflite = {
+        name: tflite_accuracy(flatbuffer, x_test, y_test)
+        for name, flatbuffer in flatbuffers.items()
+    }
+    result = {
+        "tool": "tfmot",
+        "versions": {
+            "tensorflow": tf.__version__,
+            "tf_keras": keras.__version__,
+            "tfmot": tfmot.__version__,
+            "ai_edge_litert": importlib.metadata.version("ai-edge-litert"),
+        },
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "finetune_epochs": args.finetune_epochs,
+        "batch_size": args.batch_size,
+        "n_train": len(x_train),
+        "n_test": len(x_test),
+        "steps_per_epoch": steps_per_epoch,
+        "schedule": {
+            "type": "PolynomialDecay",
+            "initial_sparsity": args.initial_sparsity,
+            "final_sparsity": args.final_sparsity,
+            "begin_step": 0,
+            "end_step": end_step,
+            "frequency": args.frequency,
+        },
+        "threads": {name: os.environ.get(name) for name in THREAD_ENV_VARS},
+        "baseline_keras_accuracy": keras_accuracy(baseline, x_test, y_test),
+        "baseline_tflite_accuracy": tflite["dense_float"][0],
+        "pruned_keras_accuracy": keras_accuracy(stripped, x_test, y_test),
+        "pruned_tflite_accuracy": tflite["sparse_float"][0],
+        "pruned_int8_tflite_accuracy": tflite["sparse_int8"][0],
+        "pruned_sparsity": kernel_sparsity(stripped),
+        "bytes_dense_float": len(flatbuffers["dense_float"]),
+        "bytes_sparse_float": len(flatbuffers["sparse_float"]),
+        "bytes_sparse_int8": len(flatbuffers["sparse_int8"]),
+        "conversion_path": distinct_paths.pop() if len(distinct_paths) == 1 else "mixed",
+        "conversion_paths": paths,
+        "tflite_op_resolvers": {name: resolver for name, (_, resolver) in tflite.items()},
+    }
+    result["size_ratio_sparse_float"] = result["bytes_sparse_float"] / result["bytes_dense_float"]
+    result["size_ratio_sparse_int8"] = result["bytes_sparse_int8"] / result["bytes_dense_float"]
+
+    if args.skip_timing:
+        result["timing"] = None
+    else:
+        result["timing"] = measure_overhead(
+            baseline, x_train, y_train, args, end_step, steps_per_epoch
+        )
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    result = run(args)
+    text = json.dumps(result)
+    if args.out:
+        with open(args.out, "w") as handle:
+            handle.write(text + "\n")
+    log("done")
+    print("RESULT " + text, flush=True)
+
+
+if __name__ == "__main__":
+    main()
