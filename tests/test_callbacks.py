@@ -247,3 +247,22 @@ def test_l1_strength_function_of_epoch():
     history = pruned.fit(x, y, batch_size=8, epochs=3, verbose=0,
                          callbacks=[L1Regularization(lambda epoch: 0.001 * (epoch + 1))])
     assert history.history["l1_strength"] == pytest.approx([0.001, 0.002, 0.003])
+
+
+def test_l1_term_is_traced_only_while_l1_regularization_runs():
+    x, y = toy_data(16)
+    pruned = compile_for_test(prune_low_magnitude(small_cnn(), None))
+    seen = []
+
+    class Losses(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append([w.l1_active for w in wrappers(self.model)])
+
+    pruned.fit(x, y, epochs=1, verbose=0, callbacks=[L1Regularization(0.1), Losses()])
+    assert seen == [[True] * 4]
+    assert not any(w.l1_active for w in wrappers(pruned))
+    # A later fit without the callback trains the plain loss: its first-step
+    # loss equals the cross-entropy alone.
+    plain = pruned.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    history = pruned.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    assert history.history["loss"][0] == pytest.approx(plain, rel=1e-5)

@@ -118,6 +118,9 @@ def test_l1_loss_is_strength_times_sum_abs_of_masked_weights():
     wrapper.masks[0].assign(mask)
     wrapper.l1_strength.assign(0.01)
     model(np.ones((2, 4), "float32"), training=True)
+    assert model.losses == []  # not traced until L1Regularization turns it on
+    wrapper.l1_active = True
+    model(np.ones((2, 4), "float32"), training=True)
     expected = 0.01 * (np.abs(kernel * mask).sum() + 0.75)
     assert len(model.losses) == 1
     np.testing.assert_allclose(float(model.losses[0]), expected, rtol=1e-6)

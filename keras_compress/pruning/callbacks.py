@@ -43,41 +43,55 @@ def _check_epochs_or_steps(name, values):
 
 class _StepTracking(keras.callbacks.Callback):
     """Keeps a Python copy of the wrappers' step, so the schedule is checked
-    between batches without reading variables (which would stall each step)."""
+    between batches without reading variables (which would stall each step).
+
+    The step is derived from the batch index `fit` passes to
+    `on_train_batch_begin`, and settled against the wrappers' own count once
+    per epoch.
+    """
 
     def on_train_begin(self, logs=None):
         self._wrappers = prune_wrappers(self.model, type(self).__name__)
         steps = {int(w.pruning_step.numpy()) for w in self._wrappers}
-        self._step = max(steps)
+        self._step = self._epoch_start = max(steps)
+        self._last_batch = None
         if len(steps) > 1:
-            self._sync_steps()
+            self._sync_steps(self._step)
 
-    def _steps_this_call(self):
-        """How many training steps the next train-function call may run."""
+    def _steps_per_call(self):
+        """How many training steps one train-function call runs."""
         return max(1, int(getattr(self.model, "steps_per_execution", 1) or 1))
 
-    def on_train_batch_begin(self, batch, logs=None):
-        self._batch_begin = batch
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = self._step
+        self._last_batch = None
 
-    def on_train_batch_end(self, batch, logs=None):
-        self._step += batch - self._batch_begin + 1
+    def on_train_batch_begin(self, batch, logs=None):
+        self._step = self._epoch_start + batch
+        self._last_batch = batch
 
     def on_epoch_end(self, epoch, logs=None):
-        self._sync_steps()
+        if self._last_batch is None:
+            return
+        if self._steps_per_call() == 1:
+            self._step = self._epoch_start + self._last_batch + 1
+            self._sync_steps(self._step)
+        else:  # the last call may have run fewer steps: the wrappers know
+            self._step = int(self._wrappers[0].pruning_step.numpy())
 
-    def _sync_steps(self):
-        """The wrappers count their own steps in the graph; they match this
-        count unless a wrapper ran more than once per step."""
+    def _sync_steps(self, expected):
+        """The wrappers count their own steps in the graph; they match the
+        batch count unless a wrapper ran more than once per step."""
         for w in self._wrappers:
             counted = int(w.pruning_step.numpy())
-            if counted != self._step:
+            if counted != expected:
                 warnings.warn(
                     f"{type(self).__name__}: layer '{w.name}' counted {counted} "
-                    f"training steps, but {self._step} batches ran. Was it called "
+                    f"training steps, but {expected} batches ran. Was it called "
                     "more than once per step? Its step is reset to the batch count.",
                     stacklevel=2,
                 )
-                w.pruning_step.assign(self._step)
+                w.pruning_step.assign(expected)
 
 
 class UpdatePruningStep(_StepTracking):
@@ -98,6 +112,10 @@ class UpdatePruningStep(_StepTracking):
     pruned.fit(x, y, epochs=4, callbacks=[kc.pruning.UpdatePruningStep()])
     ```
     """
+
+    def __init__(self):
+        super().__init__()
+        self._warned = False
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -125,9 +143,12 @@ class UpdatePruningStep(_StepTracking):
         self._checked_reach = False
 
     def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
         steps = self.params.get("steps")
         epochs = self.params.get("epochs")
-        if self._checked_reach or not steps or not epochs:
+        # Checked once per fit, warned once per callback: training in several
+        # short fits with one callback gets one warning, not one per fit.
+        if self._checked_reach or self._warned or not steps or not epochs:
             return
         self._checked_reach = True
         last = self._step + steps * (epochs - epoch) - 1
@@ -148,6 +169,7 @@ class UpdatePruningStep(_StepTracking):
                 f"{reached:.3f}"
             )
         names = ", ".join(w.name for w in wrappers)
+        self._warned = True
         warnings.warn(
             f"UpdatePruningStep: {schedule!r} on {names} will not reach its final "
             f"sparsity {schedule.final_sparsity} in this fit (steps {first} to "
@@ -158,7 +180,7 @@ class UpdatePruningStep(_StepTracking):
 
     def on_train_batch_begin(self, batch, logs=None):
         super().on_train_batch_begin(batch, logs)
-        span = range(self._step, self._step + self._steps_this_call())
+        span = range(self._step, self._step + self._steps_per_call())
         for schedule, wrappers, is_global in self._groups:
             due = [s for s in span if schedule.should_prune(s)]
             if due:
@@ -201,9 +223,9 @@ class ThresholdPruning(_StepTracking):
     Example:
 
     ```python
-    model.fit(x, y, epochs=10, callbacks=[
-        kc.pruning.L1Regularization(1e-4, end_epoch=5),
-        kc.pruning.ThresholdPruning(relative_threshold=0.05, epochs=5),
+    model.fit(x, y, epochs=4, callbacks=[
+        kc.pruning.L1Regularization(3e-4, end_epoch=2),
+        kc.pruning.ThresholdPruning(relative_threshold=0.2, epochs=2),
     ])
     ```
     """
@@ -251,13 +273,14 @@ class ThresholdPruning(_StepTracking):
             self.prune()
 
     def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
         if self.epochs and epoch in self.epochs:
             self.prune()
 
     def on_train_batch_begin(self, batch, logs=None):
         super().on_train_batch_begin(batch, logs)
         if self.steps and any(
-            s in self.steps for s in range(self._step, self._step + self._steps_this_call())
+            s in self.steps for s in range(self._step, self._step + self._steps_per_call())
         ):
             self.prune()
 
@@ -280,9 +303,9 @@ class L1Regularization(keras.callbacks.Callback):
     Example:
 
     ```python
-    model.fit(x, y, epochs=10, callbacks=[
-        kc.pruning.L1Regularization(1e-4, end_epoch=5),
-        kc.pruning.ThresholdPruning(relative_threshold=0.05, epochs=5),
+    model.fit(x, y, epochs=4, callbacks=[
+        kc.pruning.L1Regularization(3e-4, end_epoch=2),
+        kc.pruning.ThresholdPruning(relative_threshold=0.2, epochs=2),
     ])
     ```
     """
@@ -325,8 +348,15 @@ class L1Regularization(keras.callbacks.Callback):
         for w in self._wrappers:
             w.l1_strength.assign(value)
 
+    def _trace_l1(self, active):
+        """Adds (or removes) the L1 term in the traced training step."""
+        for w in self._wrappers:
+            w.l1_active = active
+        self.model.make_train_function(force=True)
+
     def on_train_begin(self, logs=None):
         self._wrappers = prune_wrappers(self.model, "L1Regularization")
+        self._trace_l1(True)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._value = self.strength_at(epoch)
@@ -338,6 +368,7 @@ class L1Regularization(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._assign(0.0)
+        self._trace_l1(False)
 
 
 class PruningSummaries(keras.callbacks.Callback):

@@ -105,8 +105,8 @@ class PruneWrapper(L.Wrapper):
     The masks change only when a pruning callback changes them:
     `UpdatePruningStep` (following `pruning_schedule`) or `ThresholdPruning`.
     The wrapper also holds the training step it has seen and an L1 strength
-    (set by `L1Regularization`); while it is above 0, `l1_strength * sum|w|`
-    over the pruned weights is added to the loss.
+    (set by `L1Regularization`); while that callback runs,
+    `l1_strength * sum|w|` over the pruned weights is added to the loss.
 
     Args:
         layer: the layer to prune: Dense, EinsumDense, Conv1D/2D/3D, their
@@ -159,6 +159,10 @@ class PruneWrapper(L.Wrapper):
         self.global_pruning = global_pruning
         self.prune_bias = prune_bias
         self.supports_masking = layer.supports_masking
+        # Whether the L1 term is traced into training steps. Only
+        # L1Regularization turns it on (and retraces), so plain magnitude
+        # pruning pays nothing for it.
+        self.l1_active = False
 
     def build(self, input_shape=None):
         super().build(input_shape)
@@ -221,8 +225,9 @@ class PruneWrapper(L.Wrapper):
         }
         if training:
             self.pruning_step.assign_add(1)
-            l1 = sum(ops.sum(ops.abs(ops.cast(v, "float32"))) for v in masked.values())
-            self.add_loss(self.l1_strength * l1)
+            if self.l1_active:
+                l1 = sum(ops.sum(ops.abs(ops.cast(v, "float32"))) for v in masked.values())
+                self.add_loss(self.l1_strength * l1)
         # The wrapped layer runs unchanged but reads the masked values in place
         # of its variables; gradients flow to the variables through the masks.
         mapping = [(v, masked.get(id(v), v.value)) for v in self.layer.variables]
