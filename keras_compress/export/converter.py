@@ -12,7 +12,19 @@ import numpy as np
 SPARSE_AUTO_MIN_SPARSITY = 0.3
 
 
-def to_tflite(model, output=None, *, sparse="auto", batch_size=1):
+QUANTIZATION_MODES = (None, "dynamic", "int8")
+
+
+def to_tflite(
+    model,
+    output=None,
+    *,
+    quantization=None,
+    representative_data=None,
+    calibration_steps=100,
+    sparse="auto",
+    batch_size=1,
+):
     """Converts a Keras model to a TFLite (LiteRT) flatbuffer.
 
     The model is traced in inference mode, saved as a SavedModel through
@@ -24,6 +36,13 @@ def to_tflite(model, output=None, *, sparse="auto", batch_size=1):
     Args:
         model: a built `keras.Model` with known inputs.
         output: optional path; when given, the flatbuffer is also written there.
+        quantization: `None` (float32), `"dynamic"` (int8 weights, float
+            activations: dynamic-range quantization), or `"int8"` (int8
+            weights and activations, calibrated on `representative_data`;
+            float inputs and outputs).
+        representative_data: calibration inputs for `"int8"`: a numpy array of
+            samples, or an `(x, y)` tuple whose `x` is used.
+        calibration_steps: how many samples calibrate `"int8"` (default 100).
         sparse: `"auto"` (default) uses the converter's sparse weight encoding
             when some weight tensor of rank >= 2 is at least 30% zeros (a pruned
             model), so pruning shrinks the file without a flag; `True` always
@@ -57,6 +76,13 @@ def to_tflite(model, output=None, *, sparse="auto", batch_size=1):
         raise ValueError(f"to_tflite: batch_size must be an int >= 1 or None, got {batch_size!r}.")
     if output is not None and not isinstance(output, (str, os.PathLike)):
         raise TypeError(f"to_tflite: output must be a file path or None, got {output!r}.")
+    if quantization not in QUANTIZATION_MODES:
+        raise ValueError(
+            f"to_tflite: quantization must be one of {QUANTIZATION_MODES}, got {quantization!r}."
+        )
+    calibration = None
+    if quantization == "int8":
+        calibration = _calibration_samples(model, representative_data, calibration_steps)
 
     specs = [
         tf.TensorSpec((batch_size, *x.shape[1:]), x.dtype, name=_input_name(x, i))
@@ -73,14 +99,47 @@ def to_tflite(model, output=None, *, sparse="auto", batch_size=1):
         archive.add_endpoint("serve", serve, input_signature=specs)
         archive.write_out(saved_model, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        optimizations = []
+        if quantization is not None:
+            optimizations.append(tf.lite.Optimize.DEFAULT)
         if sparse is True or (sparse == "auto" and _has_sparse_weights(model)):
-            converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+            optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+        converter.optimizations = optimizations
+        if calibration is not None:
+            converter.representative_dataset = lambda: ([sample[None]] for sample in calibration)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         flatbuffer = converter.convert()
 
     if output is not None:
         with open(output, "wb") as f:
             f.write(flatbuffer)
     return flatbuffer
+
+
+def _calibration_samples(model, data, steps):
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"to_tflite: calibration_steps must be an int >= 1, got {steps!r}.")
+    if data is None:
+        raise ValueError(
+            "to_tflite: quantization='int8' needs representative_data (a numpy "
+            "array of input samples, or an (x, y) tuple) to calibrate activations."
+        )
+    if isinstance(data, tuple):
+        data = data[0]
+    data = np.asarray(data)
+    if len(model.inputs) != 1:
+        raise ValueError("to_tflite: int8 calibration supports single-input models.")
+    expected = tuple(model.inputs[0].shape[1:])
+    if data.ndim != len(expected) + 1 or any(
+        e is not None and e != s for e, s in zip(expected, data.shape[1:])
+    ):
+        raise ValueError(
+            f"to_tflite: representative_data has shape {data.shape}, but model "
+            f"'{model.name}' expects (batch, {', '.join(map(str, expected))})."
+        )
+    if len(data) == 0:
+        raise ValueError("to_tflite: representative_data is empty.")
+    return data[:steps].astype(model.inputs[0].dtype)
 
 
 def _input_name(tensor, index):

@@ -1,25 +1,46 @@
 """Running converted models in the LiteRT interpreter: predictions and accuracy."""
 
 import os
+import warnings
 
 import numpy as np
 
 
-def load_interpreter(tflite, num_threads=None):
+def load_interpreter(tflite, num_threads=None, use_xnnpack=True):
     """An allocated `ai_edge_litert` Interpreter for a flatbuffer or a file.
 
     Args:
         tflite: the flatbuffer `bytes`, or a path to a `.tflite` file.
         num_threads: interpreter threads (`None`: LiteRT's default).
+        use_xnnpack: apply LiteRT's default XNNPACK delegate (the default).
+            XNNPACK cannot prepare some models (for example sparse weights with
+            dynamic-range int8 convolutions); those fall back to the builtin
+            kernels with a warning. `interpreter.uses_xnnpack` tells which ran.
 
     Raises:
         ValueError: the file is missing or is not a TFLite flatbuffer.
     """
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     content = read_flatbuffer(tflite)
-    interpreter = Interpreter(model_content=content, num_threads=num_threads)
+    builtin = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    if use_xnnpack:
+        try:
+            interpreter = Interpreter(model_content=content, num_threads=num_threads)
+            interpreter.allocate_tensors()
+            interpreter.uses_xnnpack = True
+            return interpreter
+        except RuntimeError as error:
+            warnings.warn(
+                f"XNNPACK could not prepare this model ({str(error).strip()[:200]}); "
+                "running it with the builtin kernels instead.",
+                stacklevel=2,
+            )
+    interpreter = Interpreter(
+        model_content=content, num_threads=num_threads, experimental_op_resolver_type=builtin
+    )
     interpreter.allocate_tensors()
+    interpreter.uses_xnnpack = False
     return interpreter
 
 
