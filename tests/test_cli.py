@@ -1,0 +1,57 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import small_cnn
+from keras_compress import to_tflite
+from tflite_bench import cli as bench_cli
+from tflite_bench import measure_latency
+
+
+def test_measure_latency_statistics_are_consistent():
+    result = measure_latency(to_tflite(small_cnn()), threads=1, warmup=2, runs=30)
+    assert result["runs"] == 30 and result["threads"] == 1
+    assert 0 < result["min_ms"] <= result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"]
+    assert result["min_ms"] <= result["mean_ms"]
+    with pytest.raises(ValueError, match="runs must be an int >= 1"):
+        measure_latency(to_tflite(small_cnn()), runs=0)
+
+
+def test_tflite_bench_cli(tmp_path, capsys):
+    path = tmp_path / "m.tflite"
+    to_tflite(small_cnn(), path)
+    assert bench_cli.main(["run", str(path), "--threads", "1,2", "--runs", "5", "--warmup", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and "m.tflite" in lines[1] and f"{os.path.getsize(path):,}" in lines[1]
+    assert bench_cli.main(["run", str(tmp_path / "missing.tflite")]) == 2
+
+
+@pytest.mark.slow
+def test_demo_quick_writes_a_consistent_report(tmp_path):
+    """The README's main command, shortened: every artefact exists and agrees."""
+    out = tmp_path / "report"
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_compress.cli", "demo", "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())["results"]
+    names = [r["variant"] for r in results]
+    assert names == ["baseline_float", "pruned_sparse_float", "pruned_sparse_int8", "l1_threshold_sparse_float"]
+    for r in results:
+        assert (out / r["file"]).stat().st_size == r["bytes"]
+        assert 0.5 < r["accuracy"] <= 1.0
+    by_name = {r["variant"]: r for r in results}
+    assert by_name["pruned_sparse_float"]["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert by_name["pruned_sparse_float"]["bytes"] < 0.4 * by_name["baseline_float"]["bytes"]
+    assert "| pruned_sparse_float |" in (out / "report.md").read_text()
+
+
+def test_demo_rejects_bad_arguments(capsys):
+    from keras_compress import cli
+
+    assert cli.main(["demo", "--epochs", "0", "--out", os.devnull + "_unused"]) == 2
+    assert "epochs must be an int >= 1" in capsys.readouterr().err
