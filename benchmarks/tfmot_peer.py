@@ -32,7 +32,6 @@ import argparse
 import importlib.metadata
 import json
 import math
-import statistics
 import sys
 import tempfile
 import time
@@ -42,6 +41,8 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+from _timing import summarize_ratios
 
 THREAD_ENV_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
@@ -60,7 +61,11 @@ def parse_args(argv=None):
     parser.add_argument("--initial-sparsity", type=float, default=0.5)
     parser.add_argument("--final-sparsity", type=float, default=0.8)
     parser.add_argument("--frequency", type=int, default=100, help="pruning frequency in steps")
-    parser.add_argument("--pairs", type=int, default=4, help="plain/pruned timing rounds")
+    parser.add_argument(
+        "--end-step", type=int, default=None,
+        help="schedule end_step (default: the last multiple of frequency in the fine-tuning)",
+    )
+    parser.add_argument("--pairs", type=int, default=20, help="plain/pruned timing rounds")
     parser.add_argument("--out", help="also write the JSON result to this path")
     parser.add_argument("--skip-timing", action="store_true")
     return parser.parse_args(argv)
@@ -208,18 +213,20 @@ def tflite_accuracy(flatbuffer, x, y):
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Wall time of each epoch's training loop, excluding fit()'s setup."""
+    """Wall and process CPU time of each epoch's training loop, excluding
+    fit()'s setup."""
 
     def __init__(self):
         super().__init__()
         self.seconds = []
-        self._start = None
+        self.cpu_seconds = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
+        self._start = (time.perf_counter(), time.process_time())
 
     def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
+        self.seconds.append(time.perf_counter() - self._start[0])
+        self.cpu_seconds.append(time.process_time() - self._start[1])
 
 
 def timed_epoch(model, x, y, batch_size, callbacks):
@@ -230,7 +237,7 @@ def timed_epoch(model, x, y, batch_size, callbacks):
         x, y, batch_size=batch_size, epochs=1, shuffle=True, verbose=0,
         callbacks=[*callbacks, timer],
     )
-    return timer.seconds[0]
+    return timer.seconds[0], timer.cpu_seconds[0]
 
 
 def measure_overhead(baseline, x, y, args, end_step, steps_per_epoch):
@@ -242,28 +249,25 @@ def measure_overhead(baseline, x, y, args, end_step, steps_per_epoch):
     timed_epoch(plain, x, y, args.batch_size, [])
     timed_epoch(pruned, x, y, args.batch_size, [update_step])
 
-    plain_ms, pruned_ms = [], []
+    ms = {"plain": [], "pruned": [], "plain_cpu": [], "pruned_cpu": []}
     for round_index in range(args.pairs):
         log(f"timing: round {round_index + 1}/{args.pairs}")
-        plain_ms.append(1e3 * timed_epoch(plain, x, y, args.batch_size, []) / steps_per_epoch)
-        pruned_ms.append(
-            1e3 * timed_epoch(pruned, x, y, args.batch_size, [update_step]) / steps_per_epoch
-        )
-    ratios = [p / q for p, q in zip(pruned_ms, plain_ms)]
+        for name, model, callbacks in (("plain", plain, []), ("pruned", pruned, [update_step])):
+            wall, cpu = timed_epoch(model, x, y, args.batch_size, callbacks)
+            ms[name].append(1e3 * wall / steps_per_epoch)
+            ms[name + "_cpu"].append(1e3 * cpu / steps_per_epoch)
     return {
-        "plain_ms_per_step": plain_ms,
-        "pruned_ms_per_step": pruned_ms,
-        "ratios": ratios,
-        "ratio_median": statistics.median(ratios),
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
+        "plain_ms_per_step": ms["plain"],
+        "pruned_ms_per_step": ms["pruned"],
+        **summarize_ratios(ms["plain"], ms["pruned"]),
+        "cpu": summarize_ratios(ms["plain_cpu"], ms["pruned_cpu"]),
     }
 
 
 def run(args):
     (x_train, y_train), (x_test, y_test) = load_data(args.data)
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
-    end_step = pruning_end_step(steps_per_epoch, args.finetune_epochs, args.frequency)
+    end_step = args.end_step or pruning_end_step(steps_per_epoch, args.finetune_epochs, args.frequency)
 
     log(f"baseline: training {args.epochs} epochs")
     keras.utils.set_random_seed(args.seed)

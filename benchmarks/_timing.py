@@ -1,0 +1,27 @@
+"""Ratio statistics shared by the benchmark scripts (no Keras import, so the
+tf_keras peer process can use it too)."""
+
+import statistics
+
+
+def summarize_ratios(plain, treated):
+    """Per-pair ratios `treated / plain` with median, quartiles, min and max."""
+    ratios = [t / p for t, p in zip(treated, plain)]
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {
+        "ratios": ratios,
+        "ratio_median": statistics.median(ratios),
+        "ratio_q1": quartiles[0],
+        "ratio_q3": quartiles[2],
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }
+
+
+def describe(summary):
+    """One line: median (IQR q1-q3, min-max, n pairs)."""
+    s = summary
+    return (
+        f"median {s['ratio_median']:.3f} (IQR {s['ratio_q1']:.3f}-{s['ratio_q3']:.3f}, "
+        f"min {s['ratio_min']:.3f}, max {s['ratio_max']:.3f}, {len(s['ratios'])} pairs)"
+    )

@@ -1,0 +1,37 @@
+"""The benchmark scripts run end to end (tiny settings; figures come from full runs)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
+
+
+@pytest.mark.slow
+def test_pruning_benchmark_with_tfmot_peer(tmp_path):
+    with_tfmot = importlib.util.find_spec("tensorflow_model_optimization") is not None
+    out = tmp_path / "pruning.json"
+    command = [
+        sys.executable, os.path.join(BENCHMARKS, "pruning_benchmark.py"), "--seeds", "1",
+        "--epochs", "1", "--finetune-epochs", "2", "--l1-epochs", "1", "--end-step", "300",
+        "--pairs", "1", "--out", str(out),
+    ] + (["--with-tfmot"] if with_tfmot else [])
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "training time per step, pruned / plain" in done.stdout
+    result = json.loads(out.read_text())
+    table = result["table"]
+    assert table["pruned sparse float"]["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert table["pruned sparse float"]["size_ratio"] < 0.35
+    assert table["pruned sparse int8"]["size_ratio"] < table["pruned sparse float"]["size_ratio"]
+    assert table["L1+threshold sparse float"]["sparsity"] > 0.3
+    assert table["baseline float"]["accuracy_mean"] > 80
+    assert result["timing"]["ratio_median"] > 0
+    if with_tfmot:
+        peer = result["tfmot"][0]
+        assert peer["pruned_sparsity"] == pytest.approx(0.8, abs=1e-3)
+        assert peer["size_ratio_sparse_float"] < 0.35
