@@ -152,10 +152,18 @@ class UpdatePruningStep(_StepTracking):
             return
         self._checked_reach = True
         last = self._step + steps * (epochs - epoch) - 1
+        by_schedule = []  # one warning per distinct schedule, naming all its layers
         for schedule, wrappers, _ in self._groups:
-            self._warn_if_unreachable(schedule, wrappers, last)
+            for known, names in by_schedule:
+                if known == schedule:
+                    names.extend(w.name for w in wrappers)
+                    break
+            else:
+                by_schedule.append((schedule, [w.name for w in wrappers]))
+        for schedule, names in by_schedule:
+            self._warn_if_unreachable(schedule, names, last)
 
-    def _warn_if_unreachable(self, schedule, wrappers, last_step):
+    def _warn_if_unreachable(self, schedule, layer_names, last_step):
         first = self._step
         steps = schedule.pruning_steps(0, last_step)
         reached = max((schedule.sparsity(s) for s in steps), default=0.0)
@@ -168,10 +176,9 @@ class UpdatePruningStep(_StepTracking):
                 f"its last pruning step in this fit is {steps[-1]}, at sparsity "
                 f"{reached:.3f}"
             )
-        names = ", ".join(w.name for w in wrappers)
         self._warned = True
         warnings.warn(
-            f"UpdatePruningStep: {schedule!r} on {names} will not reach its final "
+            f"UpdatePruningStep: {schedule!r} on {', '.join(layer_names)} will not reach its final "
             f"sparsity {schedule.final_sparsity} in this fit (steps {first} to "
             f"{last_step}): {what}. Train longer, lower end_step, or make "
             "end_step - begin_step a multiple of frequency.",
