@@ -59,10 +59,13 @@ def prunable_weights(layer, prune_bias=False):
     if prune_bias and getattr(layer, "bias", None) is not None:
         weights.append(layer.bias)
     for w in weights:
-        if not isinstance(w, keras.Variable):
+        # A variable can be assigned and constrained; a computed tensor (for
+        # example a LoRA-adjusted kernel) cannot be masked in place. Checked
+        # by capability because keras.Variable's class moved across Keras 3.x.
+        if not (hasattr(w, "assign") and hasattr(w, "constraint")):
             raise TypeError(
                 f"layer '{layer.name}': prunable weight {w!r} is not a "
-                "keras.Variable, so it cannot be masked."
+                "variable, so it cannot be masked."
             )
     return weights
 
@@ -81,10 +84,11 @@ def check_options(where, pruning_schedule, global_pruning, prune_bias):
             raise TypeError(f"{where}: {name} must be True or False, got {value!r}.")
 
 
-class _MaskConstraint:
+class _MaskConstraint(keras.constraints.Constraint):
     """Re-applies the mask after every optimizer step (Keras applies a
     variable's constraint right after each update), so pruned weights are
-    exactly zero in the raw variables, not only in the forward pass."""
+    exactly zero in the raw variables, not only in the forward pass.
+    It is installed by the wrapper's build, never serialized."""
 
     def __init__(self, mask, inner=None):
         self.mask = mask
