@@ -9,10 +9,10 @@ import math
 import warnings
 
 import keras
-import numpy as np
 
 from keras_compress import _models
 from keras_compress.pruning import criteria
+from keras_compress.pruning.report import count_zeros
 from keras_compress.pruning.wrapper import PruneWrapper
 
 
@@ -422,9 +422,7 @@ class PruningSummaries(keras.callbacks.Callback):
         """`{layer name: sparsity}` of the pruned weights, plus the total."""
         values, zeros, total = {}, 0, 0
         for wrapper in self._wrappers:
-            arrays = [keras.ops.convert_to_numpy(w) for w in wrapper.pruned_weights]
-            z = sum(int(np.count_nonzero(a == 0)) for a in arrays)
-            n = sum(a.size for a in arrays)
+            z, n = count_zeros(wrapper.pruned_weights)
             values[f"sparsity/{wrapper.layer.name}"] = z / n
             zeros, total = zeros + z, total + n
         values["sparsity"] = zeros / total

@@ -55,6 +55,15 @@ class SparsityReport(list):
         return f"SparsityReport(total={self.total.sparsity:.4f}, layers={len(self)})"
 
 
+def count_zeros(weights):
+    """`(zeros, size)` over a list of weight variables or tensors."""
+    values = [keras.ops.convert_to_numpy(w) for w in weights]
+    return (
+        int(sum(np.count_nonzero(v == 0) for v in values)),
+        int(sum(v.size for v in values)),
+    )
+
+
 def sparsity_report(model):
     """Counts the zero weights of every prunable layer of a model.
 
@@ -90,13 +99,6 @@ def sparsity_report(model):
             inner, weights = layer, prunable_weights(layer)
         else:
             continue
-        values = [keras.ops.convert_to_numpy(w) for w in weights]
-        report.append(
-            LayerSparsity(
-                inner.name,
-                type(inner).__name__,
-                int(sum(v.size for v in values)),
-                int(sum(np.count_nonzero(v == 0) for v in values)),
-            )
-        )
+        zeros, size = count_zeros(weights)
+        report.append(LayerSparsity(inner.name, type(inner).__name__, size, zeros))
     return report
