@@ -103,3 +103,72 @@ def clone_model(model, transform):
     for new, fill in pending:
         fill(new)
     return clone
+
+
+def graph_of(model):
+    """The Functional graph behind a built Sequential or Functional model."""
+    if isinstance(model, keras.Sequential):
+        if model._functional is None:  # Keras builds it once the input shape is known.
+            raise ValueError(f"model '{model.name}' has no known input shape.")
+        return model._functional
+    return model
+
+
+def graph_nodes(model):
+    """The call nodes of `model`'s graph in execution order (inputs excluded)."""
+    graph = graph_of(model)
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        for node in graph._nodes_by_depth[depth]:
+            if node.operation is not None and not node.is_input:
+                yield node
+
+
+def consumers_of(model):
+    """Maps `id(tensor)` of every tensor in `model`'s graph to the nodes that
+    read it. Model outputs count as a consumer `None`."""
+    graph = graph_of(model)
+    consumers = {}
+    for node in graph_nodes(model):
+        for tensor in node.input_tensors:
+            consumers.setdefault(id(tensor), []).append(node)
+    for tensor in keras.tree.flatten(graph.outputs):
+        consumers.setdefault(id(tensor), []).append(None)
+    return consumers
+
+
+def run_graph(model, inputs, call_node):
+    """Rebuilds `model`'s graph on new symbolic `inputs`, node by node.
+
+    Args:
+        model: a built Sequential or Functional model.
+        inputs: new tensors, one per model input (flat list).
+        call_node: `call_node(node, args, kwargs)` returns the new outputs of
+            `node`, given its arguments with every tensor already replaced by
+            its new counterpart. It may call a replacement layer, insert
+            layers, inline a nested model or return an argument unchanged.
+
+    Returns:
+        The new outputs, in the structure of `model.outputs`.
+    """
+    graph = graph_of(model)
+    new = {id(x): y for x, y in zip(graph.inputs, keras.tree.flatten(inputs))}
+    for node in graph_nodes(model):
+        args, kwargs = node.arguments.fill_in(new)
+        outputs = call_node(node, args, kwargs)
+        for old, value in zip(node.outputs, keras.tree.flatten(outputs)):
+            new[id(old)] = value
+    return keras.tree.map_structure(lambda t: new[id(t)], graph._outputs_struct)
+
+
+def new_inputs_like(model):
+    """Fresh `keras.Input`s with the names, shapes and dtypes of `model`'s."""
+    graph = graph_of(model)
+    return [
+        keras.Input(
+            batch_shape=t.shape,
+            dtype=t.dtype,
+            sparse=t.sparse,
+            name=t._keras_history.operation.name,
+        )
+        for t in graph.inputs
+    ]
