@@ -10,6 +10,19 @@ pruned = kc.pruning.prune_low_magnitude(model, kc.pruning.PolynomialDecay(0, 0.8
 __version__ = "0.1.0"
 
 from keras_compress import datasets, export, pruning
-from keras_compress.export import evaluate_tflite, predict_tflite, to_tflite
+from keras_compress.export import (
+    evaluate_tflite,
+    inspect_tflite,
+    predict_tflite,
+    to_tflite,
+)
 
-__all__ = ["datasets", "evaluate_tflite", "export", "predict_tflite", "pruning", "to_tflite"]
+__all__ = [
+    "datasets",
+    "evaluate_tflite",
+    "export",
+    "inspect_tflite",
+    "predict_tflite",
+    "pruning",
+    "to_tflite",
+]
