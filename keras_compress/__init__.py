@@ -4,12 +4,14 @@ measured on the converted TFLite model.
 ```python
 import keras_compress as kc
 pruned = kc.pruning.prune_low_magnitude(model, kc.pruning.PolynomialDecay(0, 0.8, 0, 1000))
+qat = kc.quantization.quantize_model(model)
+kc.to_tflite(qat, "model_int8.tflite", quantization="int8")
 ```
 """
 
 __version__ = "0.1.0"
 
-from keras_compress import datasets, export, pruning
+from keras_compress import datasets, export, pruning, quantization
 from keras_compress.export import (
     evaluate_tflite,
     inspect_tflite,
@@ -24,5 +26,6 @@ __all__ = [
     "inspect_tflite",
     "predict_tflite",
     "pruning",
+    "quantization",
     "to_tflite",
 ]

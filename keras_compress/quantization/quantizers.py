@@ -1,0 +1,168 @@
+"""Fake quantization of weights and activations, as the TFLite converter reads it.
+
+Everything goes through `keras.quantizers.fake_quant_with_min_max_vars`: on the
+TensorFlow backend it lowers to `tf.quantization.fake_quant_*`, which the TFLite
+converter turns into real int8 tensors with the same scale and zero point, so
+the converted model computes what the trained one did.
+"""
+
+import keras
+from keras import ops
+from keras.quantizers import fake_quant_with_min_max_vars
+
+# int8 weights are symmetric with zero point 0 in TFLite: [-127, 127].
+WEIGHT_BITS = 8
+# Keeps a range of all-zero weights (a pruned channel) from collapsing to
+# min == max, which fake quantization cannot represent.
+_MIN_RANGE = 1e-6
+
+
+def weight_range(kernel, axis=None):
+    """The symmetric int8 range of a kernel: `max|w|`, per channel along `axis`
+    (or over the whole tensor when `axis` is `None`), without a gradient."""
+    kernel = ops.cast(kernel, "float32")
+    if axis is None:
+        limit = ops.max(ops.abs(kernel))
+    else:
+        axis = axis % len(kernel.shape)
+        reduce = tuple(i for i in range(len(kernel.shape)) if i != axis)
+        limit = ops.max(ops.abs(kernel), axis=reduce)
+    return ops.stop_gradient(ops.maximum(limit, _MIN_RANGE))
+
+
+def fake_quant_weights(kernel, limit, axis=None):
+    """Symmetric int8 fake quantization of a kernel.
+
+    Args:
+        kernel: the float kernel.
+        limit: the range, `weight_range(kernel, axis)` or a stored copy of it.
+        axis: the per-channel axis, or `None` for one range for the whole tensor.
+
+    Returns:
+        The kernel rounded to the 255 levels of `[-limit, limit]` (zero point
+        0); values outside are clipped. Gradients pass straight through.
+    """
+    return fake_quant_with_min_max_vars(
+        ops.cast(kernel, "float32"),
+        -limit,
+        limit,
+        num_bits=WEIGHT_BITS,
+        narrow_range=True,
+        axis=None if axis is None else axis % len(kernel.shape),
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_compress")
+class ActivationQuantizer(keras.layers.Layer):
+    """Fake-quantizes a tensor to int8 with a range learned from the data it sees.
+
+    Asymmetric, one range per tensor. During training the range follows an
+    exponential moving average of each batch's minimum and maximum (the first
+    batch sets it outright); in inference the stored range is used. The range
+    always contains 0 so that zero padding and ReLU zeros are exact. Before
+    any training it is [-6, 6], as in tfmot.
+
+    Outputs whose range is known in advance take a `fixed_range` instead:
+    TFLite's int8 softmax and logistic write `[0, 255/256]` and its tanh
+    `[-1, 127/128]`; learning a narrower range would clip probabilities.
+
+    Args:
+        ema_decay: weight of the old range in the moving average, in [0, 1).
+            Default 0.99.
+        num_bits: quantization bits, 2 to 16. Default 8 (int8).
+        fixed_range: `None` (learn the range) or a `(min, max)` pair with
+            `min <= 0 <= max`, used as is.
+
+    Example:
+
+    ```python
+    x = kc.quantization.ActivationQuantizer()(keras.Input((28, 28, 1)))
+    ```
+    """
+
+    _kc_quantization_aware = True
+
+    def __init__(self, ema_decay=0.99, num_bits=8, fixed_range=None, **kwargs):
+        super().__init__(**kwargs)
+        if fixed_range is not None:
+            try:
+                low, high = (float(v) for v in fixed_range)
+            except (TypeError, ValueError):
+                low = high = None
+            if low is None or not low <= 0 <= high or low == high:
+                raise ValueError(
+                    f"ActivationQuantizer '{self.name}': fixed_range must be None or "
+                    f"a (min, max) pair with min <= 0 <= max and min < max, got "
+                    f"{fixed_range!r}."
+                )
+            fixed_range = (low, high)
+        self.fixed_range = fixed_range
+        if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not (
+            0 <= ema_decay < 1
+        ):
+            raise ValueError(
+                f"ActivationQuantizer '{self.name}': ema_decay must be a number in "
+                f"[0, 1), got {ema_decay!r}."
+            )
+        if isinstance(num_bits, bool) or not isinstance(num_bits, int) or not 2 <= num_bits <= 16:
+            raise ValueError(
+                f"ActivationQuantizer '{self.name}': num_bits must be an int in "
+                f"[2, 16], got {num_bits!r}."
+            )
+        self.ema_decay = float(ema_decay)
+        self.num_bits = num_bits
+        self.supports_masking = True
+
+    def build(self, input_shape=None):
+        if self.fixed_range is not None:
+            super().build(input_shape)
+            return
+        # Averaged across replicas under a distribution strategy; the update
+        # counter is kept from the first replica only.
+        def scalar(name, value, dtype="float32", aggregation="mean"):
+            return self.add_weight(
+                shape=(),
+                initializer=keras.initializers.Constant(value),
+                dtype=dtype,
+                trainable=False,
+                autocast=False,
+                aggregation=aggregation,
+                name=name,
+            )
+
+        self.range_min = scalar("range_min", -6.0)
+        self.range_max = scalar("range_max", 6.0)
+        self.updates = scalar("updates", 0, dtype="int64", aggregation="only_first_replica")
+        super().build(input_shape)
+
+    def call(self, inputs, training=None):
+        if self.fixed_range is not None:
+            low, high = self.fixed_range
+            return fake_quant_with_min_max_vars(inputs, low, high, num_bits=self.num_bits)
+        low, high = self.range_min, self.range_max
+        if training:
+            x = ops.stop_gradient(ops.cast(inputs, "float32"))
+            first = ops.equal(self.updates, 0)
+            decay = self.ema_decay
+            low = ops.where(first, ops.min(x), decay * low + (1 - decay) * ops.min(x))
+            high = ops.where(first, ops.max(x), decay * high + (1 - decay) * ops.max(x))
+            self.range_min.assign(low)
+            self.range_max.assign(high)
+            self.updates.assign_add(1)
+        low = ops.minimum(low, 0.0)
+        high = ops.maximum(ops.maximum(high, 0.0), low + _MIN_RANGE)
+        return fake_quant_with_min_max_vars(inputs, low, high, num_bits=self.num_bits)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "ema_decay": self.ema_decay,
+                "num_bits": self.num_bits,
+                "fixed_range": None if self.fixed_range is None else list(self.fixed_range),
+            }
+        )
+        return config
