@@ -1,0 +1,60 @@
+"""Coverage: quantize_model and int8 conversion on keras.applications models.
+
+Slow (about 5 minutes on 2 cores); CI runs it.
+"""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import keras_compress as kc
+from keras_compress.quantization import quantize_model
+
+APPLICATIONS = ["MobileNet", "MobileNetV2", "MobileNetV3Small", "ResNet50", "EfficientNetB0"]
+
+
+def calibrate_batch_norms(model, x):
+    """Sets every BatchNormalization's moving statistics from one batch.
+
+    `weights=None` models have statistics (mean 0, variance 1) that do not match
+    their activations, which then shrink layer after layer towards 0. A
+    trained model's statistics match; one batch of recalibration imitates that.
+    """
+    norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    momenta = [l.momentum for l in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(x, training=True)
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", APPLICATIONS)
+def test_application_quantizes_to_an_all_int8_tflite(name):
+    keras.utils.set_random_seed(0)
+    model = getattr(keras.applications, name)(weights=None, input_shape=(96, 96, 3), classes=10)
+    x = np.random.default_rng(0).uniform(0, 255, (8, 96, 96, 3)).astype("float32")
+    calibrate_batch_norms(model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every layer has an int8 rule: no "stays float" warning
+        qat = quantize_model(model)
+    qat(x, training=True)  # sets the activation ranges, as the first QAT step would
+    flatbuffer = kc.to_tflite(qat, quantization="int8")
+    info = kc.inspect_tflite(flatbuffer)
+    assert info.float_compute_ops() == []
+    types = [op.type for op in info.ops]
+    assert types[0] == "QUANTIZE" and types[-1] == "DEQUANTIZE"
+    assert types.count("QUANTIZE") + types.count("DEQUANTIZE") <= 4  # only requantizations between
+    # BatchNormalization is folded away: no standalone MUL/ADD pair per conv.
+    convs = sum(t in ("CONV_2D", "DEPTHWISE_CONV_2D") for t in types)
+    assert convs >= sum(
+        isinstance(l, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) for l in model.layers
+    )
+    assert len(flatbuffer) < 0.3 * 4 * model.count_params()  # int8 weights, not float
+    # The interpreter runs it and gives a distribution over the 10 classes.
+    probabilities = kc.predict_tflite(flatbuffer, x[:2])
+    assert probabilities.shape == (2, 10)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=0.05)
