@@ -18,6 +18,17 @@ def summarize_ratios(plain, treated):
     }
 
 
+def mean_std(values):
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = list(values)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def status(message):
+    """A stage line in a benchmark's output."""
+    print(f"\n== {message}", flush=True)
+
+
 def describe(summary):
     """One line: median (IQR q1-q3, min-max, n pairs)."""
     s = summary

@@ -31,10 +31,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -70,16 +66,13 @@ os.environ["TF_NUM_INTEROP_THREADS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 import keras_compress as kc  # noqa: E402
-from _timing import describe, summarize_ratios  # noqa: E402
+from _keras_timing import interleaved_ms_per_step  # noqa: E402
+from _peer import run_peer  # noqa: E402
+from _timing import describe, mean_std, status, summarize_ratios  # noqa: E402
 from keras_compress import pruning  # noqa: E402
 from keras_compress.demo import build_cnn, compile_classifier as compiled  # noqa: E402
-
-
-def status(message):
-    print(f"\n== {message}", flush=True)
 
 
 def copy_of(model):
@@ -146,36 +139,14 @@ def one_seed(seed, data):
     return rows, baseline
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Wall and process CPU time of the epoch, without fit's setup."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = (time.perf_counter(), time.process_time())
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds = time.perf_counter() - self.start[0]
-        self.cpu_seconds = time.process_time() - self.start[1]
-
-
 def timing(baseline, data):
     """Per-step time of pruning fits over plain fits, interleaved."""
     (x, y), _ = data
-    steps = int(np.ceil(len(x) / ARGS.batch_size))
-    plain = copy_of(baseline)
-    pruned = compiled(pruning.prune_low_magnitude(baseline, schedule()))
-    runs = {"plain": (plain, []), "pruned": (pruned, [pruning.UpdatePruningStep()])}
-    ms = {name: [] for name in ("plain", "pruned", "plain_cpu", "pruned_cpu")}
-    timer = EpochTimer()
-    for round_ in range(ARGS.pairs + 1):
-        for name, (model, callbacks) in runs.items():
-            # The timer goes last so it includes the pruning callback's work.
-            model.fit(x, y, batch_size=ARGS.batch_size, epochs=1, verbose=0, callbacks=callbacks + [timer])
-            if round_:  # round 0 traces and compiles: excluded
-                ms[name].append(timer.seconds / steps * 1e3)
-                ms[name + "_cpu"].append(timer.cpu_seconds / steps * 1e3)
-        if round_:
-            print(f"  pair {round_}/{ARGS.pairs}: plain {ms['plain'][-1]:.2f}, pruned "
-                  f"{ms['pruned'][-1]:.2f} ms/step", flush=True)
+    runs = {
+        "plain": (copy_of(baseline), []),
+        "pruned": (compiled(pruning.prune_low_magnitude(baseline, schedule())), [pruning.UpdatePruningStep()]),
+    }
+    ms = interleaved_ms_per_step(runs, x, y, ARGS.batch_size, ARGS.pairs)
     return {
         "plain_ms_per_step": ms["plain"],
         "pruned_ms_per_step": ms["pruned"],
@@ -185,30 +156,13 @@ def timing(baseline, data):
 
 
 def run_tfmot(seed, data, skip_timing):
-    (x_train, y_train), (x_test, y_test) = data
-    with tempfile.TemporaryDirectory() as tmp:
-        split = os.path.join(tmp, "split.npz")
-        np.savez(split, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-        command = [
-            sys.executable, os.path.join(HERE, "tfmot_peer.py"), "--data", split,
-            "--seed", str(seed), "--epochs", str(ARGS.epochs),
-            "--finetune-epochs", str(ARGS.finetune_epochs), "--batch-size", str(ARGS.batch_size),
-            "--initial-sparsity", str(ARGS.initial_sparsity), "--final-sparsity", str(ARGS.final_sparsity),
-            "--frequency", str(ARGS.frequency), "--end-step", str(ARGS.end_step), "--pairs", str(ARGS.pairs),
-        ] + (["--skip-timing"] if skip_timing else [])
-        status(f"seed {seed}: tfmot peer (tf_keras, separate process)")
-        done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
-    if done.returncode != 0:
-        raise RuntimeError(f"tfmot peer failed:\n{done.stderr[-3000:]}")
-    line = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
-
-
-def summarize(values):
-    values = list(values)
-    mean = statistics.fmean(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return mean, spread
+    status(f"seed {seed}: tfmot peer (tf_keras, separate process)")
+    return run_peer("tfmot_peer.py", data, [
+        "--seed", seed, "--epochs", ARGS.epochs, "--finetune-epochs", ARGS.finetune_epochs,
+        "--batch-size", ARGS.batch_size, "--initial-sparsity", ARGS.initial_sparsity,
+        "--final-sparsity", ARGS.final_sparsity, "--frequency", ARGS.frequency,
+        "--end-step", ARGS.end_step, "--pairs", ARGS.pairs,
+    ] + (["--skip-timing"] if skip_timing else []))
 
 
 def main():
@@ -235,7 +189,7 @@ def main():
     print("-" * len(header))
     table = {}
     for name in per_seed[0]:
-        acc = summarize(100 * r[name]["accuracy"] for r in per_seed)
+        acc = mean_std(100 * r[name]["accuracy"] for r in per_seed)
         size = statistics.median(r[name]["bytes"] for r in per_seed)
         ratio = statistics.median(r[name]["bytes"] / d for r, d in zip(per_seed, dense_bytes))
         sparsity = [r[name].get("sparsity") for r in per_seed]
@@ -248,7 +202,7 @@ def main():
         for key, name in (("baseline_tflite_accuracy", "tfmot baseline float"),
                           ("pruned_tflite_accuracy", "tfmot pruned sparse float"),
                           ("pruned_int8_tflite_accuracy", "tfmot pruned sparse dyn-int8")):
-            acc = summarize(100 * p[key] for p in peers)
+            acc = mean_std(100 * p[key] for p in peers)
             size_key = {"baseline_tflite_accuracy": "bytes_dense_float",
                         "pruned_tflite_accuracy": "bytes_sparse_float",
                         "pruned_int8_tflite_accuracy": "bytes_sparse_int8"}[key]

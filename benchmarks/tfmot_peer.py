@@ -240,22 +240,28 @@ def timed_epoch(model, x, y, batch_size, callbacks):
     return timer.seconds[0], timer.cpu_seconds[0]
 
 
+def interleaved_ms_per_step(runs, x, y, batch_size, pairs, steps_per_epoch):
+    """One epoch of each `(name, model, callbacks)` run in turn, `pairs` times
+    after an untimed warm-up round; returns `{name: [ms], name + "_cpu": [ms]}`."""
+    log("timing: warm-up (tracing, excluded)")
+    for _, model, callbacks in runs:
+        timed_epoch(model, x, y, batch_size, callbacks)
+    ms = {key: [] for name, _, _ in runs for key in (name, name + "_cpu")}
+    for round_index in range(pairs):
+        log(f"timing: round {round_index + 1}/{pairs}")
+        for name, model, callbacks in runs:
+            wall, cpu = timed_epoch(model, x, y, batch_size, callbacks)
+            ms[name].append(1e3 * wall / steps_per_epoch)
+            ms[name + "_cpu"].append(1e3 * cpu / steps_per_epoch)
+    return ms
+
+
 def measure_overhead(baseline, x, y, args, end_step, steps_per_epoch):
     plain = compile_model(clone_with_weights(baseline))
     pruned = compile_model(prune(clone_with_weights(baseline), args, end_step))
     update_step = tfmot.sparsity.keras.UpdatePruningStep()
-
-    log("timing: warm-up (tracing, excluded)")
-    timed_epoch(plain, x, y, args.batch_size, [])
-    timed_epoch(pruned, x, y, args.batch_size, [update_step])
-
-    ms = {"plain": [], "pruned": [], "plain_cpu": [], "pruned_cpu": []}
-    for round_index in range(args.pairs):
-        log(f"timing: round {round_index + 1}/{args.pairs}")
-        for name, model, callbacks in (("plain", plain, []), ("pruned", pruned, [update_step])):
-            wall, cpu = timed_epoch(model, x, y, args.batch_size, callbacks)
-            ms[name].append(1e3 * wall / steps_per_epoch)
-            ms[name + "_cpu"].append(1e3 * cpu / steps_per_epoch)
+    runs = [("plain", plain, []), ("pruned", pruned, [update_step])]
+    ms = interleaved_ms_per_step(runs, x, y, args.batch_size, args.pairs, steps_per_epoch)
     return {
         "plain_ms_per_step": ms["plain"],
         "pruned_ms_per_step": ms["pruned"],

@@ -35,3 +35,29 @@ def test_pruning_benchmark_with_tfmot_peer(tmp_path):
         peer = result["tfmot"][0]
         assert peer["pruned_sparsity"] == pytest.approx(0.8, abs=1e-3)
         assert peer["size_ratio_sparse_float"] < 0.35
+
+
+@pytest.mark.slow
+def test_quantization_benchmark_with_tfmot_peer(tmp_path):
+    with_tfmot = importlib.util.find_spec("tensorflow_model_optimization") is not None
+    out = tmp_path / "quantization.json"
+    command = [
+        sys.executable, os.path.join(BENCHMARKS, "quantization_benchmark.py"), "--seeds", "1",
+        "--epochs", "1", "--qat-epochs", "1", "--pairs", "1", "--out", str(out),
+    ] + (["--with-tfmot"] if with_tfmot else [])
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "QAT time per step / plain fit" in done.stdout
+    result = json.loads(out.read_text())
+    rows = result["seeds"][0]
+    float_bytes = rows["float tflite"]["bytes"]
+    for name in ("PTQ int8 tflite", "QAT int8 tflite"):
+        assert rows[name]["float_compute_ops"] == []
+        assert rows[name]["bytes"] < 0.3 * float_bytes
+    assert rows["QAT int8 tflite"]["agreement"] >= 0.99
+    assert rows["QAT int8 tflite"]["accuracy"] > 0.8
+    assert result["timing"]["ratio_median"] > 0
+    if with_tfmot:
+        peer = result["tfmot"][0]
+        assert peer["bytes_qat_int8"] < 0.3 * peer["bytes_float"]
+        assert peer["timing"]["ratio_median"] > 0
