@@ -38,16 +38,27 @@ def check_graph_model(model, api, layer_api):
 
 
 def walk_layers(model):
-    """Yields the layers of `model`, descending into nested models.
+    """Yields the layers of `model` once each, descending into nested models.
 
     Nested Sequential and Functional models are expanded; wrappers (such as
-    `PruneWrapper`) are yielded as single layers.
+    `PruneWrapper`) are yielded as single layers. A model that trains another
+    one (a `Distiller`) names it in `_kc_walk_target`, and only that model is
+    walked, so callbacks never touch a frozen teacher.
     """
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from walk_layers(layer)
-        else:
-            yield layer
+    seen = set()
+
+    def walk(model):
+        model = getattr(model, "_kc_walk_target", None) or model
+        for layer in model.layers:
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            if isinstance(layer, keras.Model):
+                yield from walk(layer)
+            else:
+                yield layer
+
+    yield from walk(model)
 
 
 def copy_layer(layer):
