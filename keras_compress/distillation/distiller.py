@@ -1,0 +1,469 @@
+"""`Distiller`: a `keras.Model` that trains a student on labels and a frozen teacher."""
+
+import numbers
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_compress.distillation.losses import (
+    feature_distillation_loss,
+    hard_label_distillation_loss,
+    response_distillation_loss,
+)
+
+MODES = ("soft", "hard")
+
+
+def _is_kl(loss):
+    """Whether `loss` means KL divergence: a name, the function or the class."""
+    if isinstance(loss, str):
+        return loss in ("kl_divergence", "kld", "KLD", "kullback_leibler_divergence", "KLDivergence")
+    return loss is keras.losses.kl_divergence or isinstance(loss, keras.losses.KLDivergence)
+
+
+def _check_model(model, role):
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Distiller: {role} must be a keras.Model, got {type(model).__name__}: {model!r}.")
+    if not model.built or not getattr(model, "inputs", None):
+        raise ValueError(
+            f"Distiller: {role} '{model.name}' must be a built model with known inputs "
+            "(give it a keras.Input)."
+        )
+
+
+def _shape(tensor):
+    return tuple(tensor.shape)
+
+
+def _layer_output(model, name, role):
+    try:
+        return model.get_layer(name).output
+    except ValueError:
+        names = [layer.name for layer in model.layers]
+        raise ValueError(
+            f"Distiller: hint layer '{name}' is not in the {role} '{model.name}'; "
+            f"its layers are: {', '.join(names)}."
+        ) from None
+
+
+@keras.saving.register_keras_serializable(package="keras_compress")
+class Distiller(keras.Model):
+    """Trains a student model to match a frozen teacher, with `model.fit`.
+
+    Each step runs the teacher in inference mode (no dropout, its
+    BatchNormalization statistics untouched) and the student once, and
+    minimizes
+
+        alpha * student_loss(labels, student)
+        + (1 - alpha) * distillation_loss(teacher, student)
+        + hint_weight * sum of hint losses.
+
+    The distillation loss is, with `mode="soft"` (response-based), the KL
+    divergence between the temperature-softened teacher and student
+    distributions times `T^2`, computed from log-softmax; with `mode="hard"`,
+    the cross-entropy against the teacher's argmax labels. Hints
+    (feature-based distillation, FitNets) pair a teacher layer with a student
+    layer; when their shapes differ, a learned adapter (a 1x1 convolution for
+    feature maps, a Dense projection for vectors) maps the student's feature
+    onto the teacher's. Adapters train with the student and are not part of
+    it: `distiller.student` is a plain Keras model, ready for `strip_pruning`,
+    QAT export or `to_tflite`.
+
+    Several teachers can be given as a list; their logits are averaged.
+    `cache_teacher` computes the teacher's outputs once over a dataset, so
+    that each epoch costs only the student.
+
+    Args:
+        student: the model to train, built, with logits as its output.
+        teacher: a trained model (or a list of them) with the same inputs and
+            the same number of output classes. It is set to
+            `trainable = False`.
+        hints: optional list of `(teacher_layer_name, student_layer_name)`
+            pairs, or `keras.distillation.FeatureDistillation` objects
+            (single teacher only).
+
+    Example:
+
+    ```python
+    distiller = kc.distillation.Distiller(student=student, teacher=teacher)
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy()],
+        student_loss_fn=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        distillation_loss_fn=keras.losses.KLDivergence(),
+        alpha=0.1,
+        temperature=4,
+    )
+    distiller.fit(x_train, y_train, epochs=10)
+    kc.to_tflite(distiller.student, "student.tflite")
+    ```
+    """
+
+    def __init__(self, student, teacher, hints=None, **kwargs):
+        super().__init__(**kwargs)
+        _check_model(student, "student")
+        teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+        if not teachers:
+            raise ValueError("Distiller: teacher must be a model or a non-empty list of models.")
+        for t in teachers:
+            _check_model(t, "teacher")
+            self._check_compatible(t, student)
+        hints = self._parse_hints(hints, len(teachers))
+        self.student = student
+        self.teachers = teachers
+        self.hints = hints
+        for t in teachers:
+            t.trainable = False
+        self._kc_walk_target = student  # pruning and QAT callbacks see the student only
+
+        student_features = [_layer_output(student, s, "student") for _, s, _ in hints]
+        teacher_features = [_layer_output(teachers[0], t, "teacher") for t, _, _ in hints]
+        # One student pass gives the logits and every hint feature.
+        self._student_extractor = None
+        self._teacher_extractor = None
+        if hints:
+            self._student_extractor = keras.Model(
+                _inputs(student), [student.outputs[0], *student_features], name=f"{student.name}_hints"
+            )
+            self._teacher_extractor = keras.Model(
+                _inputs(teachers[0]),
+                [teachers[0].outputs[0], *teacher_features],
+                name=f"{teachers[0].name}_hints",
+            )
+        self.adapters = [
+            self._adapter(t_feature, s_feature, pair)
+            for t_feature, s_feature, pair in zip(teacher_features, student_features, hints)
+        ]
+        self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
+        self.hint_loss_tracker = keras.metrics.Mean(name="hint_loss") if hints else None
+        self._student_features = None
+        self._configure()
+
+    # -- construction -------------------------------------------------------
+
+    @staticmethod
+    def _check_compatible(teacher, student):
+        if len(teacher.inputs) != len(student.inputs):
+            raise ValueError(
+                f"Distiller: teacher '{teacher.name}' has {len(teacher.inputs)} inputs and "
+                f"student '{student.name}' has {len(student.inputs)}; they must take the same inputs."
+            )
+        for t, s in zip(teacher.inputs, student.inputs):
+            if _shape(t)[1:] != _shape(s)[1:]:
+                raise ValueError(
+                    f"Distiller: teacher '{teacher.name}' takes inputs of shape {_shape(t)} "
+                    f"and student '{student.name}' {_shape(s)}; they must match."
+                )
+        t_out, s_out = _shape(teacher.outputs[0]), _shape(student.outputs[0])
+        if len(teacher.outputs) != 1 or len(student.outputs) != 1 or t_out[1:] != s_out[1:]:
+            raise ValueError(
+                f"Distiller: teacher '{teacher.name}' outputs {[_shape(o) for o in teacher.outputs]} "
+                f"and student '{student.name}' {[_shape(o) for o in student.outputs]}; both need "
+                "one logits output of the same shape."
+            )
+
+    @staticmethod
+    def _parse_hints(hints, n_teachers):
+        if hints is None:
+            return []
+        if not isinstance(hints, (list, tuple)):
+            raise TypeError(
+                "Distiller: hints must be a list of (teacher_layer_name, student_layer_name) "
+                f"pairs or keras.distillation.FeatureDistillation objects, got {hints!r}."
+            )
+        if hints and n_teachers > 1:
+            raise ValueError("Distiller: hints need a single teacher; got several.")
+        parsed = []
+        for hint in hints:
+            if isinstance(hint, keras.distillation.FeatureDistillation):
+                loss = hint.loss if not isinstance(hint.loss, (list, tuple, dict)) else None
+                if loss is None:
+                    raise ValueError("Distiller: a FeatureDistillation hint needs a single loss.")
+                if loss is keras.losses.mean_squared_error or isinstance(loss, keras.losses.MeanSquaredError):
+                    loss = None  # the same loss, our implementation
+                parsed.append((hint.teacher_layer_name, hint.student_layer_name, loss))
+            elif (
+                isinstance(hint, (list, tuple))
+                and len(hint) == 2
+                and all(isinstance(name, str) for name in hint)
+            ):
+                parsed.append((hint[0], hint[1], None))
+            else:
+                raise TypeError(
+                    "Distiller: each hint must be a (teacher_layer_name, student_layer_name) "
+                    f"pair of strings or a FeatureDistillation, got {hint!r}."
+                )
+        return parsed
+
+    def _adapter(self, teacher_feature, student_feature, pair):
+        t, s = _shape(teacher_feature), _shape(student_feature)
+        if t[1:] == s[1:]:
+            return None
+        names = f"teacher layer '{pair[0]}' {t} and student layer '{pair[1]}' {s}"
+        if len(t) == len(s) == 2:
+            adapter = keras.layers.Dense(t[-1], name=f"adapter_{pair[1]}")
+        elif len(t) == len(s) == 4 and t[1:3] == s[1:3]:
+            adapter = keras.layers.Conv2D(t[-1], 1, name=f"adapter_{pair[1]}")
+        else:
+            raise ValueError(
+                f"Distiller: cannot map the hint {names}: an adapter needs two vectors "
+                "(Dense) or two feature maps with the same height and width (1x1 Conv2D)."
+            )
+        adapter.build(s)
+        return adapter
+
+    # -- compile ------------------------------------------------------------
+
+    def compile(
+        self,
+        optimizer="adam",
+        metrics=None,
+        student_loss_fn=None,
+        distillation_loss_fn=None,
+        alpha=0.1,
+        temperature=None,
+        mode="soft",
+        hint_weight=1.0,
+        **kwargs,
+    ):
+        """Configures training, as in the keras.io distillation example.
+
+        Args:
+            optimizer: the student's optimizer.
+            metrics: metrics of the student's predictions against the labels.
+            student_loss_fn: loss of the student on the labels. Default
+                `SparseCategoricalCrossentropy(from_logits=True)`.
+            distillation_loss_fn: `None`, `"kl_divergence"` or
+                `keras.losses.KLDivergence()` (all the stable KL on log-softmax);
+                a `keras.distillation.LogitsDistillation` (its temperature is
+                used unless `temperature` is given; a KL loss inside it is
+                computed here, correctly); or any function
+                `fn(teacher_probabilities, student_probabilities)` of the
+                softened distributions, whose value is scaled by `T^2`.
+            alpha: weight of the student loss, in [0, 1]; the distillation
+                loss gets `1 - alpha`. Default 0.1.
+            temperature: softening temperature, > 0. Default 3.
+            mode: `"soft"` (default, response-based) or `"hard"` (the
+                teacher's argmax as labels).
+            hint_weight: weight of the hint (feature) losses, >= 0.
+        """
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
+            raise ValueError(f"Distiller.compile: alpha must be a number in [0, 1], got {alpha!r}.")
+        if isinstance(distillation_loss_fn, keras.distillation.LogitsDistillation):
+            if temperature is None:
+                temperature = distillation_loss_fn.temperature
+        temperature = 3.0 if temperature is None else temperature
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, numbers.Real)
+            or not temperature > 0
+        ):
+            raise ValueError(
+                f"Distiller.compile: temperature must be a number > 0, got {temperature!r}."
+            )
+        if mode not in MODES:
+            raise ValueError(f"Distiller.compile: mode must be one of {MODES}, got {mode!r}.")
+        if isinstance(hint_weight, bool) or not isinstance(hint_weight, numbers.Real) or hint_weight < 0:
+            raise ValueError(f"Distiller.compile: hint_weight must be a number >= 0, got {hint_weight!r}.")
+        if student_loss_fn is None:
+            student_loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        elif isinstance(student_loss_fn, str):
+            student_loss_fn = keras.losses.get(student_loss_fn)
+        if not callable(student_loss_fn):
+            raise TypeError(
+                f"Distiller.compile: student_loss_fn must be a loss or a callable, got {student_loss_fn!r}."
+            )
+        self._configure(student_loss_fn, distillation_loss_fn, float(alpha), float(temperature), mode, float(hint_weight))
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+
+    def _configure(
+        self,
+        student_loss_fn=None,
+        distillation_loss_fn=None,
+        alpha=0.1,
+        temperature=3.0,
+        mode="soft",
+        hint_weight=1.0,
+    ):
+        self.student_loss_fn = student_loss_fn
+        self.alpha = alpha
+        self.temperature = temperature
+        self.mode = mode
+        self.hint_weight = hint_weight
+        fn = distillation_loss_fn
+        if isinstance(fn, keras.distillation.LogitsDistillation):
+            # Its default, "kl_divergence", resolves to the plain function, which
+            # its compute_loss then applies to clipped logits, not probabilities
+            # (Keras 3.15): KL is computed here instead.
+            fn = None if _is_kl(fn.loss) else fn
+        elif fn is not None and _is_kl(fn):
+            fn = None
+        elif fn is not None and not callable(fn):
+            raise TypeError(
+                "Distiller.compile: distillation_loss_fn must be None, a KL divergence, a "
+                f"keras.distillation.LogitsDistillation or a callable, got {fn!r}."
+            )
+        self.distillation_loss_fn = fn
+
+    # -- training -----------------------------------------------------------
+
+    def call(self, inputs, training=None):
+        if self._student_extractor is None:
+            return self.student(inputs, training=training)
+        logits, *features = self._student_extractor(inputs, training=training)
+        # Read by compute_loss in the same step: one student pass for both.
+        self._student_features = features
+        return logits
+
+    def teacher_outputs(self, x):
+        """Averaged teacher logits and the teacher's hint features for `x`."""
+        if self._teacher_extractor is not None:
+            logits, *features = self._teacher_extractor(x, training=False)
+            return logits, features
+        logits = [t(x, training=False) for t in self.teachers]
+        return (logits[0] if len(logits) == 1 else ops.mean(ops.stack(logits), axis=0)), []
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if y_pred is None:
+            y_pred = self(x, training=training)
+        labels, cached = _split_targets(y)
+        if cached is None:
+            teacher_logits, teacher_features = self.teacher_outputs(x)
+        else:
+            teacher_logits, teacher_features = cached["teacher_logits"], cached.get("teacher_features", [])
+        teacher_logits = ops.stop_gradient(teacher_logits)
+
+        student_loss = ops.zeros(())
+        if labels is not None and self.alpha > 0:
+            student_loss = ops.mean(self.student_loss_fn(labels, y_pred))
+        distillation_loss = self._distillation_loss(teacher_logits, y_pred)
+        total = self.alpha * student_loss + (1 - self.alpha) * distillation_loss
+        self.student_loss_tracker.update_state(student_loss)
+        self.distillation_loss_tracker.update_state(distillation_loss)
+        if self.hints:
+            features = self._student_features
+            if features is None:
+                raise RuntimeError("Distiller: hint features are missing; call the distiller first.")
+            hint_loss = ops.zeros(())
+            for adapter, (_, _, loss), t, s in zip(self.adapters, self.hints, teacher_features, features):
+                s = s if adapter is None else adapter(s)
+                t = ops.stop_gradient(t)
+                hint_loss = hint_loss + (
+                    feature_distillation_loss(t, s) if loss is None else ops.mean(loss(t, s))
+                )
+            self.hint_loss_tracker.update_state(hint_loss)
+            total = total + self.hint_weight * hint_loss
+        for loss in self.student.losses:  # the student's own regularization (L1 pruning, ...)
+            total = total + ops.cast(loss, total.dtype)
+        return total
+
+    def _distillation_loss(self, teacher_logits, student_logits):
+        if self.mode == "hard":
+            return hard_label_distillation_loss(teacher_logits, student_logits)
+        fn, temperature = self.distillation_loss_fn, self.temperature
+        if fn is None:
+            return response_distillation_loss(teacher_logits, student_logits, temperature)
+        if isinstance(fn, keras.distillation.LogitsDistillation):
+            return fn.compute_loss(teacher_logits, student_logits)
+        soft_teacher = ops.softmax(ops.cast(teacher_logits, "float32") / temperature, axis=-1)
+        soft_student = ops.softmax(ops.cast(student_logits, "float32") / temperature, axis=-1)
+        return ops.mean(fn(soft_teacher, soft_student)) * temperature**2
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        labels, _ = _split_targets(y)
+        return super().compute_metrics(x, labels, y_pred, sample_weight=sample_weight) if labels is not None else {
+            m.name: m.result() for m in self.metrics
+        }
+
+    # -- teacher caching ----------------------------------------------------
+
+    def cache_teacher(self, x, y=None, batch_size=256):
+        """Runs the teacher once over `x`; returns `(x, targets)` for `fit`.
+
+        `distiller.fit(*distiller.cache_teacher(x_train, y_train), epochs=10)`
+        then trains on the stored teacher outputs: each epoch costs only the
+        student. Augmentation that changes `x` between epochs cannot be cached.
+
+        Args:
+            x: a numpy array of inputs.
+            y: their labels, or `None` (distillation only: set `alpha=0`).
+            batch_size: batch size of the teacher's pass.
+        """
+        x = np.asarray(x)
+        if x.ndim == 0 or len(x) == 0:
+            raise ValueError("Distiller.cache_teacher: x must be a non-empty array of inputs.")
+        if y is not None and len(y) != len(x):
+            raise ValueError(f"Distiller.cache_teacher: x has {len(x)} samples and y {len(y)}.")
+        logits, features = [], []
+        for start in range(0, len(x), batch_size):
+            batch_logits, batch_features = self.teacher_outputs(x[start : start + batch_size])
+            logits.append(ops.convert_to_numpy(batch_logits))
+            features.append([ops.convert_to_numpy(f) for f in batch_features])
+        targets = {"teacher_logits": np.concatenate(logits)}
+        if self.hints:
+            targets["teacher_features"] = [np.concatenate(parts) for parts in zip(*features)]
+        if y is not None:
+            targets["labels"] = np.asarray(y)
+        return x, targets
+
+    # -- serialization ------------------------------------------------------
+
+    def get_config(self):
+        config = {
+            "name": self.name,
+            "student": keras.saving.serialize_keras_object(self.student),
+            "teacher": [keras.saving.serialize_keras_object(t) for t in self.teachers],
+            "hints": [[t, s] for t, s, _ in self.hints],
+        }
+        return config
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is None:
+            return None
+        for key in ("loss", "loss_weights"):
+            config.pop(key, None)
+        serialize = keras.saving.serialize_keras_object
+        config.update(
+            {
+                "student_loss_fn": serialize(self.student_loss_fn),
+                "distillation_loss_fn": None
+                if self.distillation_loss_fn is None
+                else serialize(self.distillation_loss_fn),
+                "alpha": self.alpha,
+                "temperature": self.temperature,
+                "mode": self.mode,
+                "hint_weight": self.hint_weight,
+            }
+        )
+        return config
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built and hasattr(self.optimizer, "build"):
+            self.optimizer.build(self.trainable_variables)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        student = keras.saving.deserialize_keras_object(config.pop("student"), custom_objects=custom_objects)
+        teachers = [
+            keras.saving.deserialize_keras_object(t, custom_objects=custom_objects)
+            for t in config.pop("teacher")
+        ]
+        hints = [tuple(pair) for pair in config.pop("hints", [])] or None
+        return cls(student=student, teacher=teachers if len(teachers) > 1 else teachers[0], hints=hints, **config)
+
+
+def _inputs(model):
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
+
+
+def _split_targets(y):
+    """(labels, cached teacher outputs or None) from fit's `y`."""
+    if isinstance(y, dict) and "teacher_logits" in y:
+        return y.get("labels"), y
+    return y, None

@@ -1,0 +1,282 @@
+"""Knowledge distillation: losses against hand-computed values, the Distiller's training contract."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import small_cnn, toy_data, value
+
+import keras_compress as kc
+from keras_compress import pruning
+from keras_compress.distillation import (
+    Distiller,
+    feature_distillation_loss,
+    hard_label_distillation_loss,
+    response_distillation_loss,
+)
+from keras_compress.quantization import quantize_model
+
+L = keras.layers
+
+
+def softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def teacher_model():
+    """A teacher with BatchNormalization and Dropout, both of which must stay in inference mode."""
+    inputs = keras.Input((12, 12, 1))
+    x = L.Conv2D(8, 3, activation="relu", name="t_conv")(inputs)
+    x = L.BatchNormalization(name="t_bn")(x)
+    x = L.Flatten()(x)
+    x = L.Dropout(0.5)(x)
+    x = L.Dense(16, activation="relu", name="t_dense")(x)
+    return keras.Model(inputs, L.Dense(3, name="t_logits")(x), name="teacher")
+
+
+def student_model():
+    inputs = keras.Input((12, 12, 1))
+    x = L.Conv2D(4, 3, activation="relu", name="s_conv")(inputs)
+    x = L.Flatten()(x)
+    x = L.Dense(6, activation="relu", name="s_dense")(x)
+    return keras.Model(inputs, L.Dense(3, name="s_logits")(x), name="student")
+
+
+def compiled(distiller, **kwargs):
+    distiller.compile(optimizer="adam", metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], **kwargs)
+    return distiller
+
+
+# -- losses -----------------------------------------------------------------
+
+
+def test_response_loss_matches_the_formula_by_hand():
+    teacher = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, -1.0]], "float32")
+    student = np.array([[0.5, 0.5, 0.0], [1.0, 1.0, 1.0]], "float32")
+    T = 2.0
+    p, q = softmax(teacher / T), softmax(student / T)
+    expected = np.mean(np.sum(p * np.log(p / q), -1)) * T**2
+    assert value(response_distillation_loss(teacher, student, T)) == pytest.approx(expected, rel=1e-5)
+    # Same as Keras's KLDivergence on the softened probabilities, times T^2.
+    keras_kl = value(keras.losses.KLDivergence()(p, q)) * T**2
+    assert value(response_distillation_loss(teacher, student, T)) == pytest.approx(keras_kl, rel=1e-4)
+    assert value(response_distillation_loss(teacher, teacher, T)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_response_loss_is_scaled_by_temperature_squared():
+    rng = np.random.default_rng(0)
+    teacher, student = rng.normal(size=(4, 5)) * 3, rng.normal(size=(4, 5)) * 3
+    for T in (1.0, 2.0, 5.0):
+        p, q = softmax(teacher / T), softmax(student / T)
+        raw = np.mean(np.sum(p * np.log(p / q), -1))
+        assert value(response_distillation_loss(teacher, student, T)) / raw == pytest.approx(T**2, rel=1e-4)
+
+
+def test_hard_label_and_feature_losses_by_hand():
+    teacher = np.array([[0.1, 2.0, 0.3], [5.0, 0.0, 1.0]], "float32")
+    student = np.array([[1.0, 0.0, 0.0], [0.2, 0.1, 0.0]], "float32")
+    q = softmax(student)
+    expected = -np.mean(np.log([q[0, 1], q[1, 0]]))
+    assert value(hard_label_distillation_loss(teacher, student)) == pytest.approx(expected, rel=1e-5)
+    a, b = np.ones((2, 3)), np.zeros((2, 3))
+    b[0, 0] = 3.0
+    assert value(feature_distillation_loss(a, b)) == pytest.approx((4 + 5 * 1) / 6)
+
+
+# -- Distiller --------------------------------------------------------------
+
+
+def test_fit_trains_the_student_and_leaves_the_teacher_untouched():
+    x, y = toy_data(64)
+    teacher = teacher_model()
+    teacher(x, training=True)  # non-trivial BN statistics are not needed: they must just not move
+    before = [value(w).copy() for w in teacher.weights]
+    student = student_model()
+    student_before = [value(w).copy() for w in student.weights]
+    distiller = compiled(Distiller(student=student, teacher=teacher), alpha=0.3, temperature=2)
+    history = distiller.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    for key in ("loss", "student_loss", "distillation_loss", "accuracy"):
+        assert key in history.history
+    for w, b in zip(teacher.weights, before):  # kernels, gamma, beta, moving mean and variance
+        np.testing.assert_array_equal(value(w), b)
+    assert any(not np.array_equal(value(w), b) for w, b in zip(student.weights, student_before))
+    # The teacher runs in inference mode: Dropout off, so its outputs are deterministic.
+    t1, _ = distiller.teacher_outputs(x)
+    t2, _ = distiller.teacher_outputs(x)
+    np.testing.assert_array_equal(value(t1), value(t2))
+    # The logged loss is the weighted sum of its parts (one evaluation batch).
+    result = distiller.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    logits = value(student(x))
+    expected_student = value(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logits))
+    expected_kd = value(response_distillation_loss(value(t1), logits, 2.0))
+    assert result["student_loss"] == pytest.approx(expected_student, rel=1e-4)
+    assert result["distillation_loss"] == pytest.approx(expected_kd, rel=1e-4)
+    assert result["loss"] == pytest.approx(0.3 * expected_student + 0.7 * expected_kd, rel=1e-4)
+    assert result["accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == y))
+    np.testing.assert_allclose(distiller.predict(x, verbose=0), logits, rtol=1e-5, atol=1e-6)
+
+
+def test_hard_label_mode_uses_the_teacher_argmax():
+    x, y = toy_data(32)
+    teacher, student = teacher_model(), student_model()
+    distiller = compiled(Distiller(student=student, teacher=teacher), alpha=0.0, mode="hard")
+    result = distiller.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    t = value(teacher(x, training=False))
+    expected = value(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(t.argmax(-1), value(student(x))))
+    assert result["distillation_loss"] == pytest.approx(expected, rel=1e-4)
+    assert result["loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_keras_logits_distillation_object_gets_a_correct_kl():
+    x, y = toy_data(32)
+    teacher, student = teacher_model(), student_model()
+    ours = compiled(Distiller(student=student, teacher=teacher), temperature=4.0)
+    theirs = compiled(
+        Distiller(student=student, teacher=teacher),
+        distillation_loss_fn=keras.distillation.LogitsDistillation(temperature=4.0),
+    )
+    a = ours.evaluate(x, y, verbose=0, return_dict=True)
+    b = theirs.evaluate(x, y, verbose=0, return_dict=True)
+    assert b["distillation_loss"] == pytest.approx(a["distillation_loss"], rel=1e-5)
+    assert b["distillation_loss"] >= 0
+    # Keras 3.15's own LogitsDistillation applies KL to clipped logits (see
+    # distiller.py): its value differs from the KL of the softened distributions.
+    t, s = value(teacher(x, training=False)), value(student(x))
+    keras_value = value(keras.distillation.LogitsDistillation(temperature=4.0).compute_loss(t, s))
+    assert abs(keras_value - a["distillation_loss"]) > 1e-3
+
+
+def test_feature_hints_with_adapters_train_and_stay_out_of_the_student():
+    x, y = toy_data(64)
+    teacher, student = teacher_model(), student_model()
+    distiller = Distiller(
+        student=student,
+        teacher=teacher,
+        hints=[("t_dense", "s_dense"), keras.distillation.FeatureDistillation(teacher_layer_name="t_conv", student_layer_name="s_conv")],
+    )
+    dense_adapter, conv_adapter = distiller.adapters
+    assert isinstance(dense_adapter, L.Dense) and dense_adapter.kernel.shape == (6, 16)
+    assert isinstance(conv_adapter, L.Conv2D) and conv_adapter.kernel.shape == (1, 1, 4, 8)
+    before = value(dense_adapter.kernel).copy()
+    compiled(distiller)
+    history = distiller.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert "hint_loss" in history.history
+    assert history.history["hint_loss"][-1] < history.history["hint_loss"][0]
+    assert not np.array_equal(value(dense_adapter.kernel), before)
+    assert all("adapter" not in w.path for w in student.weights)
+    assert len(student.weights) == len(student_model().weights)
+
+
+def test_teacher_cache_gives_the_same_losses():
+    x, y = toy_data(48)
+    teacher, student = teacher_model(), student_model()
+    distiller = compiled(Distiller(student=student, teacher=teacher, hints=[("t_dense", "s_dense")]))
+    live = distiller.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    cached = distiller.evaluate(*distiller.cache_teacher(x, y), batch_size=16, verbose=0, return_dict=True)
+    for key in ("loss", "student_loss", "distillation_loss", "hint_loss", "accuracy"):
+        assert cached[key] == pytest.approx(live[key], rel=1e-5)
+    distiller.fit(*distiller.cache_teacher(x, y), epochs=1, batch_size=16, verbose=0)
+
+
+def test_several_teachers_average_their_logits():
+    x, _ = toy_data(8)
+    t1, t2 = teacher_model(), teacher_model()
+    distiller = Distiller(student=student_model(), teacher=[t1, t2])
+    logits, _ = distiller.teacher_outputs(x)
+    expected = (value(t1(x, training=False)) + value(t2(x, training=False))) / 2
+    np.testing.assert_allclose(value(logits), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_pruned_student_keeps_its_sparsity():
+    x, y = toy_data(64)
+    student = pruning.prune_low_magnitude(small_cnn(), pruning.ConstantSparsity(0.5, 0, frequency=1))
+    distiller = compiled(Distiller(student=student, teacher=teacher_model()))
+    distiller.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[pruning.UpdatePruningStep()])
+    final = pruning.strip_pruning(distiller.student)
+    report = pruning.sparsity_report(final)
+    for layer in report:
+        assert layer.sparsity == pytest.approx(0.5, abs=0.02)
+
+
+def test_qat_student_exports_to_int8():
+    x, y = toy_data(64)
+    student = quantize_model(small_cnn())
+    distiller = compiled(Distiller(student=student, teacher=teacher_model()))
+    distiller.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    flatbuffer = kc.to_tflite(distiller.student, quantization="int8")
+    assert kc.inspect_tflite(flatbuffer).float_compute_ops() == []
+    agreement = kc.predict_tflite(flatbuffer, x).argmax(-1) == value(distiller.student(x)).argmax(-1)
+    assert agreement.mean() >= 0.95
+
+
+def test_config_and_keras_file_round_trip(tmp_path):
+    x, y = toy_data(32)
+    distiller = compiled(
+        Distiller(student=student_model(), teacher=teacher_model(), hints=[("t_dense", "s_dense")]),
+        alpha=0.25, temperature=5.0, mode="hard",
+    )
+    distiller.fit(x, y, epochs=1, verbose=0)
+    clone = Distiller.from_config(distiller.get_config())
+    assert clone.get_config() == distiller.get_config()
+    path = str(tmp_path / "distiller.keras")
+    distiller.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, Distiller)
+    assert (loaded.alpha, loaded.temperature, loaded.mode) == (0.25, 5.0, "hard")
+    result = loaded.evaluate(x, y, verbose=0, return_dict=True)  # compiled on load
+    assert result["loss"] == pytest.approx(distiller.evaluate(x, y, verbose=0, return_dict=True)["loss"], rel=1e-5)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), distiller.predict(x, verbose=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "build, error, match",
+    [
+        (lambda: Distiller(student="s", teacher=teacher_model()), TypeError, "student must be a keras.Model"),
+        (
+            lambda: Distiller(student=keras.Sequential([keras.Input((10,)), L.Dense(3)]), teacher=teacher_model()),
+            ValueError,
+            "takes inputs of shape",
+        ),
+        (
+            lambda: Distiller(
+                student=keras.Sequential([keras.Input((12, 12, 1)), L.Flatten(), L.Dense(4)]),
+                teacher=teacher_model(),
+            ),
+            ValueError,
+            "one logits output of the same shape",
+        ),
+        (
+            lambda: Distiller(student=student_model(), teacher=teacher_model(), hints=[("t_dense", "nope")]),
+            ValueError,
+            "hint layer 'nope' is not in the student 'student'; its layers are: .*s_dense",
+        ),
+        (
+            lambda: Distiller(student=student_model(), teacher=teacher_model(), hints=[("t_conv", "s_dense")]),
+            ValueError,
+            "cannot map the hint",
+        ),
+        (lambda: Distiller(student=student_model(), teacher=teacher_model(), hints="t_dense"), TypeError, "hints"),
+        (lambda: Distiller(student=student_model(), teacher=[]), ValueError, "non-empty list"),
+    ],
+)
+def test_construction_errors(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"temperature": 0}, ValueError, "temperature must be a number > 0"),
+        ({"temperature": -2.0}, ValueError, "temperature"),
+        ({"alpha": 1.5}, ValueError, r"alpha must be a number in \[0, 1\]"),
+        ({"alpha": -0.1}, ValueError, "alpha"),
+        ({"mode": "medium"}, ValueError, "mode must be one of"),
+        ({"hint_weight": -1}, ValueError, "hint_weight"),
+        ({"distillation_loss_fn": 3}, TypeError, "distillation_loss_fn"),
+    ],
+)
+def test_compile_errors(kwargs, error, match):
+    distiller = Distiller(student=student_model(), teacher=teacher_model())
+    with pytest.raises(error, match=match):
+        distiller.compile(optimizer="adam", **kwargs)
