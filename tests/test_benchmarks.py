@@ -61,3 +61,23 @@ def test_quantization_benchmark_with_tfmot_peer(tmp_path):
         peer = result["tfmot"][0]
         assert peer["bytes_qat_int8"] < 0.3 * peer["bytes_float"]
         assert peer["timing"]["ratio_median"] > 0
+
+
+@pytest.mark.slow
+def test_distillation_benchmark(tmp_path):
+    out = tmp_path / "distillation.json"
+    command = [
+        sys.executable, os.path.join(BENCHMARKS, "distillation_benchmark.py"), "--seeds", "1",
+        "--epochs", "1", "--teacher-epochs", "1", "--pairs", "1", "--out", str(out),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "teacher caching" in done.stdout
+    result = json.loads(out.read_text())
+    rows = result["seeds"][0]
+    # Same loss, same data order, same initial weights: the same student, up
+    # to float rounding (a few of the 2,000 test images at most).
+    ours = rows["ours (alpha 0.1, T 4)"]
+    assert ours == pytest.approx(rows["hand-written KD (alpha 0.1, T 4)"], abs=0.005)
+    assert ours == pytest.approx(rows["keras Distiller, weight 0.1, KLDivergence()"], abs=0.005)
+    assert result["caching"]["ratio_median"] > 1  # cached epochs are faster
