@@ -2,10 +2,12 @@
 
 ```python
 import tflite_bench
-tflite_bench.measure_latency("model.tflite", threads=1)["p50_ms"]
+record = tflite_bench.benchmark_model("model.tflite", threads=1, data=(x_test, y_test))
+record.p50_ms, record.bytes, record.gzip_bytes, record.accuracy
 ```
 """
 
 from tflite_bench.latency import measure_latency
+from tflite_bench.record import BenchmarkRecord, benchmark_model
 
-__all__ = ["measure_latency"]
+__all__ = ["BenchmarkRecord", "benchmark_model", "measure_latency"]

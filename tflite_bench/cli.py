@@ -1,10 +1,32 @@
-"""`tflite-bench`: latency and size of .tflite files from the command line."""
+"""`tflite-bench`: measure and compare .tflite files from the command line."""
 
 import argparse
 import os
 import sys
 
-from tflite_bench.latency import measure_latency
+import numpy as np
+
+from tflite_bench.record import benchmark_model
+from tflite_bench.report import text_table, write_report
+
+
+def load_labelled_data(path):
+    """`(x, y)` from an .npz with `x_test`/`y_test` or `x`/`y` arrays, or the
+    held-out split of an MNIST IDX folder or Keras `mnist.npz`."""
+    if path.endswith(".npz"):
+        with np.load(path) as data:
+            for x_key, y_key in (("x_test", "y_test"), ("x", "y")):
+                if x_key in data and y_key in data and not (x_key == "x_test" and "x_train" in data and _is_raw_mnist(data)):
+                    return data[x_key], data[y_key]
+    from keras_compress.datasets import load_mnist
+
+    return load_mnist(path)[1]
+
+
+def _is_raw_mnist(data):
+    # Keras's mnist.npz holds uint8 images without a channel axis: load_mnist
+    # splits and scales it as the rest of the package does.
+    return data["x_train"].dtype == np.uint8 and data["x_train"].ndim == 3
 
 
 def main(argv=None):
@@ -14,28 +36,52 @@ def main(argv=None):
     run.add_argument("models", nargs="+", help=".tflite files")
     run.add_argument("--threads", default="1", help="comma-separated thread counts, e.g. 1,2")
     run.add_argument("--warmup", type=int, default=20)
-    run.add_argument("--runs", type=int, default=100)
+    run.add_argument("--runs", type=int, default=200)
     run.add_argument("--no-xnnpack", action="store_true", help="builtin kernels only")
+    run.add_argument("--data", help="labelled data for accuracy: .npz (x_test/y_test or x/y), "
+                     "an MNIST IDX folder or mnist.npz")
+    run.add_argument("--out", help="folder for report.md, results.csv, results.json and plots")
     args = parser.parse_args(argv)
     try:
         threads = [int(t) for t in args.threads.split(",")]
     except ValueError:
         parser.error(f"--threads must be comma-separated integers, got {args.threads!r}")
-    print(f"{'model':<40} {'bytes':>10} {'threads':>7} {'p50 ms':>9} {'p90 ms':>9} {'min ms':>9} {'xnnpack':>8}")
     for path in args.models:
         if not os.path.isfile(path):
             print(f"tflite-bench: no such file: {path}", file=sys.stderr)
             return 2
-        for n in threads:
-            try:
-                r = measure_latency(path, threads=n, warmup=args.warmup, runs=args.runs,
-                                    use_xnnpack=not args.no_xnnpack)
-            except ValueError as error:
-                print(f"tflite-bench: {error}", file=sys.stderr)
-                return 2
-            print(f"{os.path.basename(path):<40} {os.path.getsize(path):>10,} {n:>7} "
-                  f"{r['p50_ms']:>9.3f} {r['p90_ms']:>9.3f} {r['min_ms']:>9.3f} {str(r['xnnpack']):>8}")
+    try:
+        data = load_labelled_data(args.data) if args.data else None
+    except (OSError, ValueError, KeyError) as error:
+        print(f"tflite-bench: cannot read --data {args.data}: {error}", file=sys.stderr)
+        return 2
+
+    import keras  # only for its progress bar
+
+    jobs = [(path, n) for path in args.models for n in threads]
+    progress = keras.utils.Progbar(len(jobs), unit_name="measurement")
+    records = []
+    for i, (path, n) in enumerate(jobs):
+        try:
+            records.append(benchmark_model(path, threads=n, warmup=args.warmup, runs=args.runs,
+                                           use_xnnpack=not args.no_xnnpack, data=data))
+        except ValueError as error:
+            print(f"\ntflite-bench: {path}: {error}", file=sys.stderr)
+            return 2
+        progress.update(i + 1)
+    print(text_table(records))
+    if args.out:
+        for written in write_report(records, args.out, plots=_has_matplotlib()):
+            print(f"wrote {written}")
     return 0
+
+
+def _has_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -41,9 +41,19 @@ def measure_latency(tflite, threads=1, warmup=20, runs=100, use_xnnpack=True, se
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"measure_latency: {name} must be an int >= {minimum}, got {value!r}.")
     interpreter = load_interpreter(tflite, num_threads=threads, use_xnnpack=use_xnnpack)
+    set_random_inputs(interpreter, seed)
+    return {**time_invokes(interpreter, warmup, runs), "threads": threads, "xnnpack": interpreter.uses_xnnpack}
+
+
+def set_random_inputs(interpreter, seed=0):
+    """Sets every input of an allocated interpreter to random values, once."""
     rng = np.random.default_rng(seed)
     for detail in interpreter.get_input_details():
         interpreter.set_tensor(detail["index"], _sample_input(detail, rng))
+
+
+def time_invokes(interpreter, warmup, runs):
+    """Latency statistics of `runs` timed invokes after `warmup` untimed ones."""
     for _ in range(warmup):
         interpreter.invoke()
     times = []
@@ -60,8 +70,6 @@ def measure_latency(tflite, threads=1, warmup=20, runs=100, use_xnnpack=True, se
         "min_ms": ordered[0],
         "std_ms": statistics.pstdev(times),
         "runs": runs,
-        "threads": threads,
-        "xnnpack": interpreter.uses_xnnpack,
     }
 
 

@@ -1,0 +1,113 @@
+"""tflite_bench.benchmark_model: each field against an independent measurement."""
+
+import gzip
+
+import keras
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+from conftest import compile_for_test, small_cnn, toy_data
+
+import keras_compress as kc
+from tflite_bench import BenchmarkRecord, benchmark_model
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    x, y = toy_data(64)
+    model = compile_for_test(small_cnn())
+    model.fit(x, y, epochs=2, verbose=0)
+    folder = tmp_path_factory.mktemp("models")
+    float_path, int8_path = folder / "float.tflite", folder / "int8.tflite"
+    kc.to_tflite(model, float_path)
+    kc.to_tflite(model, int8_path, quantization="int8", representative_data=x, int8_io=True)
+    return str(float_path), str(int8_path), (x, y)
+
+
+def test_record_fields_match_independent_measurements(files):
+    float_path, _, (x, y) = files
+    record = benchmark_model(float_path, threads=1, warmup=2, runs=20, data=(x, y))
+    assert isinstance(record, BenchmarkRecord) and record.name == "float.tflite"
+    content = open(float_path, "rb").read()
+    assert record.bytes == len(content)
+    assert record.gzip_bytes == len(gzip.compress(content, compresslevel=9))
+    interpreter = Interpreter(model_path=float_path)
+    ops = interpreter._get_ops_details()
+    assert sum(record.op_counts.values()) == len(ops)
+    assert record.op_counts["CONV_2D/float32"] == 2
+    assert record.int8_compute_fraction == 0.0
+    assert record.accuracy == kc.evaluate_tflite(float_path, x, y)["accuracy"]
+    assert record.runs == 20 and record.threads == 1
+    assert 0 < record.min_ms <= record.p50_ms <= record.p90_ms <= record.p99_ms
+    assert record.init_ms > 0 and record.first_inference_ms > 0 and record.rss_growth_mb >= 0
+    assert set(record.as_dict()) >= {"p50_ms", "bytes", "gzip_bytes", "accuracy"}
+
+
+def test_int8_io_model_is_all_int8_and_its_accuracy_is_scaled(files):
+    float_path, int8_path, (x, y) = files
+    record = benchmark_model(int8_path, warmup=1, runs=5, data=(x, y))
+    assert record.int8_compute_fraction == 1.0
+    assert "QUANTIZE/int8" not in record.op_counts  # int8 in, int8 out
+    float_accuracy = benchmark_model(float_path, warmup=1, runs=5, data=(x, y)).accuracy
+    assert abs(record.accuracy - float_accuracy) <= 0.1
+
+
+@pytest.mark.parametrize(
+    "kwargs, match", [({"threads": 0}, "threads"), ({"runs": 0}, "runs"), ({"warmup": -1}, "warmup")]
+)
+def test_bad_arguments(files, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        benchmark_model(files[0], **kwargs)
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(ValueError, match="No TFLite file"):
+        benchmark_model(str(tmp_path / "missing.tflite"))
+    corrupt = tmp_path / "corrupt.tflite"
+    corrupt.write_bytes(b"not a model at all")
+    with pytest.raises(ValueError):
+        benchmark_model(str(corrupt))
+
+
+def test_pareto_front_by_hand():
+    from tflite_bench.report import pareto_front
+
+    # (cost, accuracy): b beats a on both; c is cheaper than b but less accurate;
+    # d ties b's cost with lower accuracy.
+    points = [(10, 0.90), (8, 0.95), (5, 0.91), (8, 0.93), (12, 0.99)]
+    assert pareto_front(points) == [1, 2, 4]
+
+
+def test_cli_writes_tables_csv_json_and_plots(files, tmp_path, capsys):
+    import csv
+    import json
+
+    from tflite_bench import cli
+
+    float_path, int8_path, (x, y) = files
+    data = tmp_path / "data.npz"
+    np.savez(data, x_test=x, y_test=y)
+    out = tmp_path / "report"
+    code = cli.main(["run", float_path, int8_path, "--threads", "1,2", "--runs", "5", "--warmup", "1",
+                     "--data", str(data), "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.count("float.tflite") >= 2 and printed.count("int8.tflite") >= 2
+    results = json.loads((out / "results.json").read_text())
+    assert len(results) == 4 and {r["threads"] for r in results} == {1, 2}
+    assert all(r["accuracy"] is not None for r in results)
+    assert len(list(csv.DictReader((out / "results.csv").open()))) == 4
+    report = (out / "report.md").read_text()
+    assert report.count("| float.tflite |") == 2
+    for png in ("accuracy_vs_size.png", "accuracy_vs_latency.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_rejects_data_that_does_not_fit(files, tmp_path, capsys):
+    from tflite_bench import cli
+
+    data = tmp_path / "wrong.npz"
+    np.savez(data, x=np.zeros((4, 5, 5, 1), "float32"), y=np.zeros(4, int))
+    assert cli.main(["run", files[0], "--runs", "2", "--data", str(data)]) == 2
+    assert "float.tflite" in capsys.readouterr().err
