@@ -1,9 +1,12 @@
 """`keras-compress demo`: the whole pipeline on the bundled MNIST data.
 
-Trains a small CNN, compresses it several ways, converts every variant to
-TFLite and measures each converted file: bytes, accuracy on the held-out split
-in the LiteRT interpreter, and latency. Writes the `.tflite` files,
-`results.json` and `report.md` into one folder.
+Trains a small CNN, compresses it every way the package knows (post-training
+quantization, magnitude and L1 pruning, quantization-aware training,
+distillation into a smaller student), converts every variant to TFLite and
+measures each converted file with `tflite_bench`: bytes, op dtypes, latency,
+start-up, memory and accuracy on the held-out split in the LiteRT interpreter.
+Writes the `.tflite` files, `results.json`, `results.csv`, `report.md` and the
+plots (with matplotlib, extra `[plot]`) into one folder.
 """
 
 import json
@@ -14,7 +17,9 @@ import time
 import keras
 
 from keras_compress import datasets, pruning
-from keras_compress.export import evaluate_tflite, to_tflite
+from keras_compress.distillation import Distiller
+from keras_compress.export import to_tflite
+from keras_compress.quantization import quantize_model
 
 FINAL_SPARSITY = 0.8
 
@@ -33,6 +38,19 @@ def build_cnn():
             keras.layers.Dense(10),
         ],
         name="mnist_cnn",
+    )
+
+
+def build_student():
+    """The distillation student: Flatten-Dense(32)-Dense(10), 25.4k parameters."""
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1), name="image"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10),
+        ],
+        name="mnist_student",
     )
 
 
@@ -71,7 +89,7 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}.")
-    import tflite_bench  # the CLI is where the library and the bench meet
+    import tflite_bench.report  # the demo is where the library and the bench meet
 
     started = time.perf_counter()
     os.makedirs(out, exist_ok=True)
@@ -82,46 +100,68 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
     fit = dict(x=x_train, y=y_train, batch_size=32, epochs=epochs, verbose=2)
     keras.utils.set_random_seed(seed)
 
-    _status(f"1/5 training the baseline CNN ({epochs} epochs on {len(x_train)} images)")
+    stages = 7
+    _status(f"1/{stages} training the baseline CNN ({epochs} epochs on {len(x_train)} images)")
     baseline = compile_classifier(build_cnn())
     baseline.fit(**fit)
 
-    _status(f"2/5 magnitude pruning to {FINAL_SPARSITY:.0%} with PolynomialDecay ({epochs} epochs)")
+    _status(f"2/{stages} magnitude pruning to {FINAL_SPARSITY:.0%} with PolynomialDecay ({epochs} epochs)")
     pruned = compile_classifier(pruning.prune_low_magnitude(baseline, _magnitude_schedule(steps)))
     pruned.fit(**fit, callbacks=[pruning.UpdatePruningStep()])
     pruned = pruning.strip_pruning(pruned)
 
-    _status(f"3/5 L1-regularized pruning: {epochs} epochs of L1, then threshold at "
+    _status(f"3/{stages} L1-regularized pruning: {epochs} epochs of L1, then threshold at "
             f"0.2 x max|w| and {epochs} epochs of fine-tuning with the masks held")
     l1 = compile_classifier(pruning.prune_low_magnitude(baseline, None))
     l1.fit(**fit, callbacks=[pruning.L1Regularization(3e-4)])
     l1.fit(**fit, callbacks=[pruning.ThresholdPruning(relative_threshold=0.2)])
     l1 = pruning.strip_pruning(l1)
 
+    qat_epochs = max(1, epochs // 2)
+    _status(f"4/{stages} quantization-aware training of the baseline ({qat_epochs} epoch(s))")
+    qat = compile_classifier(quantize_model(baseline))
+    qat.fit(**{**fit, "epochs": qat_epochs})
+
+    _status(f"5/{stages} distilling the baseline into a 25k-parameter student "
+            f"({2 * epochs} epochs, teacher outputs cached)")
+    distiller = Distiller(student=build_student(), teacher=baseline)
+    distiller.compile(optimizer="adam", metrics=["accuracy"], alpha=0.5, mode="hard")
+    distiller.fit(*distiller.cache_teacher(x_train, y_train), batch_size=32, epochs=2 * epochs, verbose=2)
+
+    calibration = {"representative_data": x_train, "calibration_steps": 200}
     variants = {
         "baseline_float": (baseline, {}),
+        "ptq_dynamic": (baseline, {"quantization": "dynamic"}),
+        "ptq_float16": (baseline, {"quantization": "float16"}),
+        "ptq_int8": (baseline, {"quantization": "int8", **calibration}),
         "pruned_sparse_float": (pruned, {}),
-        "pruned_sparse_int8": (pruned, {"quantization": "int8", "representative_data": x_train}),
+        "pruned_sparse_int8": (pruned, {"quantization": "int8", **calibration}),
         "l1_threshold_sparse_float": (l1, {}),
+        "qat_int8": (qat, {"quantization": "int8"}),
+        "distilled_student_int8": (distiller.student, {"quantization": "int8", **calibration}),
     }
-    _status("4/5 converting each variant to TFLite and measuring it in LiteRT")
-    results = []
+    _status(f"6/{stages} converting {len(variants)} variants to TFLite and measuring them in LiteRT")
+    results, records = [], []
+    progress = keras.utils.Progbar(len(variants), unit_name="variant")
     for i, (name, (model, options)) in enumerate(variants.items(), 1):
         path = os.path.join(out, f"{name}.tflite")
-        flatbuffer = to_tflite(model, path, **options)
-        latency = tflite_bench.measure_latency(path, threads=1, runs=100)
+        to_tflite(model, path, **options)
+        record = tflite_bench.benchmark_model(path, threads=1, runs=100, data=(x_test, y_test), name=name)
+        records.append(record)
         results.append({
             "variant": name,
             "file": os.path.basename(path),
-            "bytes": len(flatbuffer),
-            "accuracy": evaluate_tflite(flatbuffer, x_test, y_test)["accuracy"],
-            "sparsity": pruning.sparsity_report(model).total.sparsity,
-            "latency_p50_ms": latency["p50_ms"],
-            "xnnpack": latency["xnnpack"],
+            "bytes": record.bytes,
+            "accuracy": record.accuracy,
+            # QuantizeWrapper holds its kernel inside: the report counts plain layers.
+            "sparsity": None if name == "qat_int8" else pruning.sparsity_report(model).total.sparsity,
+            "int8_compute_fraction": record.int8_compute_fraction,
+            "latency_p50_ms": record.p50_ms,
+            "xnnpack": record.xnnpack,
         })
-        print(f"  [{i}/{len(variants)}] {name}: {len(flatbuffer):,} bytes", flush=True)
+        progress.update(i)
 
-    _status("5/5 writing the report")
+    _status(f"7/{stages} writing the report")
     dense = results[0]["bytes"]
     for r in results:
         r["size_ratio"] = r["bytes"] / dense
@@ -133,30 +173,46 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
         "seconds": round(time.perf_counter() - started, 1),
         "results": results,
     }
+    plots = _plots(records, out)
+    written = tflite_bench.report.write_report(records, out, plots=False)
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+        json.dump({**summary, "measurements": [r.as_dict() for r in records]}, f, indent=1)
     table = format_table(results)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(
             "# keras-compress demo\n\n"
             f"MNIST CNN, {epochs} epoch(s) per stage on {len(x_train)} images; accuracy on "
             f"the {len(x_test)} held-out images, computed from each .tflite in LiteRT; "
-            "latency p50 over 100 invokes at 1 thread.\n\n" + table + "\n"
+            "latency p50 over 100 invokes at 1 thread.\n\n" + table + "\n\n"
+            "## tflite_bench measurements\n\n" + tflite_bench.report.markdown_table(records) + "\n"
+            + "".join(f"\n![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in plots)
         )
     print("\n" + table)
-    print(f"\nReport written to {os.path.abspath(out)} in {summary['seconds']} s.")
+    print(f"\nReport written to {os.path.abspath(out)} ({len(written) + len(plots)} files besides "
+          f"the .tflite files) in {summary['seconds']} s.")
     return summary
+
+
+def _plots(records, out):
+    import tflite_bench.report
+
+    try:
+        return tflite_bench.report.plot_tradeoffs(records, out)
+    except ImportError:
+        print("  (no plots: install the [plot] extra for matplotlib)")
+        return []
 
 
 def format_table(results):
     """A Markdown table of the demo results."""
     lines = [
-        "| variant | bytes | size vs float | accuracy | sparsity | p50 latency (ms) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| variant | bytes | size vs float | accuracy | sparsity | int8 ops | p50 latency (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r['variant']} | {r['bytes']:,} | {r['size_ratio']:.3f} | {r['accuracy']:.2%} "
-            f"| {r['sparsity']:.1%} | {r['latency_p50_ms']:.3f} |"
+            f"| {'-' if r['sparsity'] is None else format(r['sparsity'], '.1%')} "
+            f"| {r['int8_compute_fraction']:.0%} | {r['latency_p50_ms']:.3f} |"
         )
     return "\n".join(lines)

@@ -81,3 +81,12 @@ def test_distillation_benchmark(tmp_path):
     assert ours == pytest.approx(rows["hand-written KD (alpha 0.1, T 4)"], abs=0.005)
     assert ours == pytest.approx(rows["keras Distiller, weight 0.1, KLDivergence()"], abs=0.005)
     assert result["caching"]["ratio_median"] > 1  # cached epochs are faster
+
+
+@pytest.mark.slow
+def test_latency_anchor_script_compares_with_litert_tool():
+    command = [sys.executable, os.path.join(BENCHMARKS, "latency_anchor.py"), "--rounds", "1", "--runs", "20",
+               "--warmup", "2", "--size", "64"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ratio ours / LiteRT tool median" in done.stdout

@@ -41,14 +41,24 @@ def test_demo_quick_writes_a_consistent_report(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())["results"]
     names = [r["variant"] for r in results]
-    assert names == ["baseline_float", "pruned_sparse_float", "pruned_sparse_int8", "l1_threshold_sparse_float"]
+    assert names == [
+        "baseline_float", "ptq_dynamic", "ptq_float16", "ptq_int8", "pruned_sparse_float",
+        "pruned_sparse_int8", "l1_threshold_sparse_float", "qat_int8", "distilled_student_int8",
+    ]  # fmt: skip
     for r in results:
         assert (out / r["file"]).stat().st_size == r["bytes"]
         assert 0.5 < r["accuracy"] <= 1.0
     by_name = {r["variant"]: r for r in results}
     assert by_name["pruned_sparse_float"]["sparsity"] == pytest.approx(0.8, abs=0.01)
     assert by_name["pruned_sparse_float"]["bytes"] < 0.4 * by_name["baseline_float"]["bytes"]
-    assert "| pruned_sparse_float |" in (out / "report.md").read_text()
+    for name in ("ptq_int8", "pruned_sparse_int8", "qat_int8", "distilled_student_int8"):
+        assert by_name[name]["int8_compute_fraction"] == 1.0
+        assert by_name[name]["bytes"] < 0.3 * by_name["baseline_float"]["bytes"]
+    assert by_name["ptq_float16"]["bytes"] < 0.55 * by_name["baseline_float"]["bytes"]
+    report = (out / "report.md").read_text()
+    assert "| pruned_sparse_float |" in report and "accuracy_vs_size.png" in report
+    assert (out / "accuracy_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((out / "results.csv").read_text().strip().splitlines()) == 1 + len(names)
 
 
 def test_demo_rejects_bad_arguments(capsys):

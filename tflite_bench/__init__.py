@@ -7,7 +7,14 @@ record.p50_ms, record.bytes, record.gzip_bytes, record.accuracy
 ```
 """
 
+from tflite_bench.android import parse_benchmark_model_output, run_on_device
 from tflite_bench.latency import measure_latency
 from tflite_bench.record import BenchmarkRecord, benchmark_model
 
-__all__ = ["BenchmarkRecord", "benchmark_model", "measure_latency"]
+__all__ = [
+    "BenchmarkRecord",
+    "benchmark_model",
+    "measure_latency",
+    "parse_benchmark_model_output",
+    "run_on_device",
+]

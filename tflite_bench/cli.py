@@ -41,6 +41,11 @@ def main(argv=None):
     run.add_argument("--data", help="labelled data for accuracy: .npz (x_test/y_test or x/y), "
                      "an MNIST IDX folder or mnist.npz")
     run.add_argument("--out", help="folder for report.md, results.csv, results.json and plots")
+    run.add_argument("--adb", action="store_true",
+                     help="run TensorFlow's benchmark_model on an attached Android device instead")
+    run.add_argument("--adb-serial", help="device serial (adb -s)")
+    run.add_argument("--adb-binary", default="/data/local/tmp/benchmark_model",
+                     help="path of benchmark_model on the device")
     args = parser.parse_args(argv)
     try:
         threads = [int(t) for t in args.threads.split(",")]
@@ -50,6 +55,8 @@ def main(argv=None):
         if not os.path.isfile(path):
             print(f"tflite-bench: no such file: {path}", file=sys.stderr)
             return 2
+    if args.adb:
+        return _run_on_android(args, threads)
     try:
         data = load_labelled_data(args.data) if args.data else None
     except (OSError, ValueError, KeyError) as error:
@@ -73,6 +80,24 @@ def main(argv=None):
     if args.out:
         for written in write_report(records, args.out, plots=_has_matplotlib()):
             print(f"wrote {written}")
+    return 0
+
+
+def _run_on_android(args, threads):
+    from tflite_bench.android import run_on_device
+
+    print(f"{'model':<32} {'threads':>7} {'mean ms':>9} {'p50 ms':>9} {'min ms':>9} {'init ms':>9}")
+    for path in args.models:
+        for n in threads:
+            try:
+                r = run_on_device(path, threads=n, runs=args.runs, warmup=args.warmup,
+                                  serial=args.adb_serial, binary=args.adb_binary)
+            except (ValueError, OSError) as error:
+                print(f"tflite-bench: {path}: {error}", file=sys.stderr)
+                return 2
+            p50 = f"{r['p50_ms']:>9.3f}" if "p50_ms" in r else f"{'-':>9}"
+            print(f"{os.path.basename(path):<32} {n:>7} {r['mean_ms']:>9.3f} {p50} {r['min_ms']:>9.3f} "
+                  f"{r['init_ms']:>9.1f}")
     return 0
 
 
