@@ -18,6 +18,21 @@ def summarize_ratios(plain, treated):
     }
 
 
+def timing_summary(ms, treated):
+    """The JSON record of an interleaved timing: per-step milliseconds of
+    "plain" and `treated`, their wall-time ratios and their CPU-time ratios.
+
+    Args:
+        ms: `{name: [ms], name + "_cpu": [ms]}` for "plain" and `treated`.
+    """
+    return {
+        "plain_ms_per_step": ms["plain"],
+        f"{treated}_ms_per_step": ms[treated],
+        **summarize_ratios(ms["plain"], ms[treated]),
+        "cpu": summarize_ratios(ms["plain_cpu"], ms[treated + "_cpu"]),
+    }
+
+
 def mean_std(values):
     """Mean and sample standard deviation (0 for a single value)."""
     values = list(values)

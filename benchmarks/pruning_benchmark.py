@@ -70,7 +70,7 @@ import keras  # noqa: E402
 import keras_compress as kc  # noqa: E402
 from _keras_timing import interleaved_ms_per_step  # noqa: E402
 from _peer import run_peer  # noqa: E402
-from _timing import describe, mean_std, status, summarize_ratios  # noqa: E402
+from _timing import describe, mean_std, status, timing_summary  # noqa: E402
 from keras_compress import pruning  # noqa: E402
 from keras_compress.demo import build_cnn, compile_classifier as compiled  # noqa: E402
 
@@ -147,12 +147,7 @@ def timing(baseline, data):
         "pruned": (compiled(pruning.prune_low_magnitude(baseline, schedule())), [pruning.UpdatePruningStep()]),
     }
     ms = interleaved_ms_per_step(runs, x, y, ARGS.batch_size, ARGS.pairs)
-    return {
-        "plain_ms_per_step": ms["plain"],
-        "pruned_ms_per_step": ms["pruned"],
-        **summarize_ratios(ms["plain"], ms["pruned"]),
-        "cpu": summarize_ratios(ms["plain_cpu"], ms["pruned_cpu"]),
-    }
+    return timing_summary(ms, "pruned")
 
 
 def run_tfmot(seed, data, skip_timing):

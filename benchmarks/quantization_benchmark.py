@@ -55,7 +55,7 @@ import numpy as np  # noqa: E402
 import keras_compress as kc  # noqa: E402
 from _keras_timing import interleaved_ms_per_step  # noqa: E402
 from _peer import run_peer  # noqa: E402
-from _timing import describe, mean_std, status, summarize_ratios  # noqa: E402
+from _timing import describe, mean_std, status, timing_summary  # noqa: E402
 from keras_compress.demo import build_cnn, compile_classifier as compiled  # noqa: E402
 from keras_compress.quantization import quantize_model  # noqa: E402
 
@@ -118,12 +118,7 @@ def timing(baseline, data):
             "qat": (compiled(quantize_model(baseline)), [])}
     runs["plain"][0].set_weights(baseline.get_weights())
     ms = interleaved_ms_per_step(runs, x, y, ARGS.batch_size, ARGS.pairs)
-    return {
-        "plain_ms_per_step": ms["plain"],
-        "qat_ms_per_step": ms["qat"],
-        **summarize_ratios(ms["plain"], ms["qat"]),
-        "cpu": summarize_ratios(ms["plain_cpu"], ms["qat_cpu"]),
-    }
+    return timing_summary(ms, "qat")
 
 
 def run_tfmot(seed, data, skip_timing):

@@ -42,7 +42,7 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from _timing import summarize_ratios
+from _timing import timing_summary
 
 THREAD_ENV_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
@@ -262,12 +262,7 @@ def measure_overhead(baseline, x, y, args, end_step, steps_per_epoch):
     update_step = tfmot.sparsity.keras.UpdatePruningStep()
     runs = [("plain", plain, []), ("pruned", pruned, [update_step])]
     ms = interleaved_ms_per_step(runs, x, y, args.batch_size, args.pairs, steps_per_epoch)
-    return {
-        "plain_ms_per_step": ms["plain"],
-        "pruned_ms_per_step": ms["pruned"],
-        **summarize_ratios(ms["plain"], ms["pruned"]),
-        "cpu": summarize_ratios(ms["plain_cpu"], ms["pruned_cpu"]),
-    }
+    return timing_summary(ms, "pruned")
 
 
 def run(args):

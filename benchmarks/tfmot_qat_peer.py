@@ -30,7 +30,7 @@ from tfmot_peer import (
     tflite_accuracy,
 )
 
-from _timing import summarize_ratios
+from _timing import timing_summary
 
 
 def parse_args(argv=None):
@@ -64,12 +64,7 @@ def measure_overhead(baseline, x, y, args, steps_per_epoch):
     qat = compile_model(tfmot.quantization.keras.quantize_model(clone_with_weights(baseline)))
     runs = [("plain", plain, []), ("qat", qat, [])]
     ms = interleaved_ms_per_step(runs, x, y, args.batch_size, args.pairs, steps_per_epoch)
-    return {
-        "plain_ms_per_step": ms["plain"],
-        "qat_ms_per_step": ms["qat"],
-        **summarize_ratios(ms["plain"], ms["qat"]),
-        "cpu": summarize_ratios(ms["plain_cpu"], ms["qat_cpu"]),
-    }
+    return timing_summary(ms, "qat")
 
 
 def run(args):

@@ -174,7 +174,8 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
         "results": results,
     }
     plots = _plots(records, out)
-    written = tflite_bench.report.write_report(records, out, plots=False)
+    with open(os.path.join(out, "results.csv"), "w") as f:
+        f.write(tflite_bench.report.to_csv(records))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({**summary, "measurements": [r.as_dict() for r in records]}, f, indent=1)
     table = format_table(results)
@@ -188,8 +189,8 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
             + "".join(f"\n![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in plots)
         )
     print("\n" + table)
-    print(f"\nReport written to {os.path.abspath(out)} ({len(written) + len(plots)} files besides "
-          f"the .tflite files) in {summary['seconds']} s.")
+    print(f"\nReport written to {os.path.abspath(out)} (report.md, results.json, results.csv, "
+          f"{len(plots)} plot(s) and the .tflite files) in {summary['seconds']} s.")
     return summary
 
 

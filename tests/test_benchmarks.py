@@ -11,18 +11,23 @@ import pytest
 BENCHMARKS = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
 
 
+def run_script(name, *arguments):
+    """Runs benchmarks/<name> with `arguments`; returns its stdout, failing on a non-zero exit."""
+    command = [sys.executable, os.path.join(BENCHMARKS, name), *map(str, arguments)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 @pytest.mark.slow
 def test_pruning_benchmark_with_tfmot_peer(tmp_path):
     with_tfmot = importlib.util.find_spec("tensorflow_model_optimization") is not None
     out = tmp_path / "pruning.json"
-    command = [
-        sys.executable, os.path.join(BENCHMARKS, "pruning_benchmark.py"), "--seeds", "1",
-        "--epochs", "1", "--finetune-epochs", "2", "--l1-epochs", "1", "--end-step", "300",
-        "--pairs", "1", "--out", str(out),
-    ] + (["--with-tfmot"] if with_tfmot else [])
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1500)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "training time per step, pruned / plain" in done.stdout
+    stdout = run_script(
+        "pruning_benchmark.py", "--seeds", 1, "--epochs", 1, "--finetune-epochs", 2, "--l1-epochs", 1,
+        "--end-step", 300, "--pairs", 1, "--out", out, *(["--with-tfmot"] if with_tfmot else []),
+    )
+    assert "training time per step, pruned / plain" in stdout
     result = json.loads(out.read_text())
     table = result["table"]
     assert table["pruned sparse float"]["sparsity"] == pytest.approx(0.8, abs=1e-3)
@@ -41,13 +46,11 @@ def test_pruning_benchmark_with_tfmot_peer(tmp_path):
 def test_quantization_benchmark_with_tfmot_peer(tmp_path):
     with_tfmot = importlib.util.find_spec("tensorflow_model_optimization") is not None
     out = tmp_path / "quantization.json"
-    command = [
-        sys.executable, os.path.join(BENCHMARKS, "quantization_benchmark.py"), "--seeds", "1",
-        "--epochs", "1", "--qat-epochs", "1", "--pairs", "1", "--out", str(out),
-    ] + (["--with-tfmot"] if with_tfmot else [])
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1500)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "QAT time per step / plain fit" in done.stdout
+    stdout = run_script(
+        "quantization_benchmark.py", "--seeds", 1, "--epochs", 1, "--qat-epochs", 1, "--pairs", 1,
+        "--out", out, *(["--with-tfmot"] if with_tfmot else []),
+    )
+    assert "QAT time per step / plain fit" in stdout
     result = json.loads(out.read_text())
     rows = result["seeds"][0]
     float_bytes = rows["float tflite"]["bytes"]
@@ -66,13 +69,11 @@ def test_quantization_benchmark_with_tfmot_peer(tmp_path):
 @pytest.mark.slow
 def test_distillation_benchmark(tmp_path):
     out = tmp_path / "distillation.json"
-    command = [
-        sys.executable, os.path.join(BENCHMARKS, "distillation_benchmark.py"), "--seeds", "1",
-        "--epochs", "1", "--teacher-epochs", "1", "--pairs", "1", "--out", str(out),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1500)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "teacher caching" in done.stdout
+    stdout = run_script(
+        "distillation_benchmark.py", "--seeds", 1, "--epochs", 1, "--teacher-epochs", 1, "--pairs", 1,
+        "--out", out,
+    )
+    assert "teacher caching" in stdout
     result = json.loads(out.read_text())
     rows = result["seeds"][0]
     # Same loss, same data order, same initial weights: the same student, up
@@ -85,8 +86,5 @@ def test_distillation_benchmark(tmp_path):
 
 @pytest.mark.slow
 def test_latency_anchor_script_compares_with_litert_tool():
-    command = [sys.executable, os.path.join(BENCHMARKS, "latency_anchor.py"), "--rounds", "1", "--runs", "20",
-               "--warmup", "2", "--size", "64"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "ratio ours / LiteRT tool median" in done.stdout
+    stdout = run_script("latency_anchor.py", "--rounds", 1, "--runs", 20, "--warmup", 2, "--size", 64)
+    assert "ratio ours / LiteRT tool median" in stdout

@@ -37,12 +37,17 @@ def measure_latency(tflite, threads=1, warmup=20, runs=100, use_xnnpack=True, se
         A dict: `p50_ms`, `p90_ms`, `p99_ms`, `mean_ms`, `min_ms`, `std_ms`,
         `runs`, `threads`, `xnnpack` (whether XNNPACK ran).
     """
-    for name, value, minimum in (("threads", threads, 1), ("warmup", warmup, 0), ("runs", runs, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"measure_latency: {name} must be an int >= {minimum}, got {value!r}.")
+    check_counts("measure_latency", threads=threads, warmup=warmup, runs=runs)
     interpreter = load_interpreter(tflite, num_threads=threads, use_xnnpack=use_xnnpack)
     set_random_inputs(interpreter, seed)
     return {**time_invokes(interpreter, warmup, runs), "threads": threads, "xnnpack": interpreter.uses_xnnpack}
+
+
+def check_counts(api, threads, warmup, runs):
+    """Raises unless threads >= 1, warmup >= 0 and runs >= 1 are ints."""
+    for name, value, minimum in (("threads", threads, 1), ("warmup", warmup, 0), ("runs", runs, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{api}: {name} must be an int >= {minimum}, got {value!r}.")
 
 
 def set_random_inputs(interpreter, seed=0):

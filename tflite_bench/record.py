@@ -6,7 +6,7 @@ import os
 import time
 
 from keras_compress.export import evaluate_tflite, inspect_tflite, load_interpreter, read_flatbuffer
-from tflite_bench.latency import set_random_inputs, time_invokes
+from tflite_bench.latency import check_counts, set_random_inputs, time_invokes
 
 
 @dataclasses.dataclass
@@ -67,9 +67,7 @@ def benchmark_model(tflite, threads=1, warmup=20, runs=200, use_xnnpack=True, da
     Returns:
         A `BenchmarkRecord`.
     """
-    for arg, value, minimum in (("threads", threads, 1), ("warmup", warmup, 0), ("runs", runs, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"benchmark_model: {arg} must be an int >= {minimum}, got {value!r}.")
+    check_counts("benchmark_model", threads=threads, warmup=warmup, runs=runs)
     content = read_flatbuffer(tflite)
     if name is None:
         name = os.path.basename(tflite) if isinstance(tflite, (str, os.PathLike)) else "model"

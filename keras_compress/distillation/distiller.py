@@ -373,9 +373,9 @@ class Distiller(keras.Model):
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         labels, _ = _split_targets(y)
-        return super().compute_metrics(x, labels, y_pred, sample_weight=sample_weight) if labels is not None else {
-            m.name: m.result() for m in self.metrics
-        }
+        if labels is None:  # teacher-only targets: the loss trackers are all there is
+            return {m.name: m.result() for m in self.metrics}
+        return super().compute_metrics(x, labels, y_pred, sample_weight=sample_weight)
 
     # -- teacher caching ----------------------------------------------------
 

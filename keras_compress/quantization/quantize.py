@@ -10,7 +10,7 @@ from keras import layers as L
 from keras_compress import _models
 from keras_compress.pruning.prune import strip_pruning
 from keras_compress.pruning.wrapper import PruneWrapper
-from keras_compress.quantization.quantizers import ActivationQuantizer
+from keras_compress.quantization.quantizers import ActivationQuantizer, check_ema_decay
 from keras_compress.quantization.wrapper import (
     FUSABLE_ACTIVATIONS,
     QuantizeWrapper,
@@ -194,10 +194,7 @@ class _Quantizer:
     def __init__(self, selected, preserve_sparsity, ema_decay, api):
         if not isinstance(preserve_sparsity, bool):
             raise TypeError(f"{api}: preserve_sparsity must be a bool, got {preserve_sparsity!r}.")
-        if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not (
-            0 <= ema_decay < 1
-        ):
-            raise ValueError(f"{api}: ema_decay must be a number in [0, 1), got {ema_decay!r}.")
+        check_ema_decay(api, ema_decay)
         self.selected = selected
         # Keras ops in a functional graph cannot be annotated; they follow
         # quantize_model, not quantize_apply.

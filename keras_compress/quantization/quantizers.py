@@ -52,6 +52,14 @@ def fake_quant_weights(kernel, limit, axis=None):
     )
 
 
+def check_ema_decay(where, ema_decay):
+    """Raises unless `ema_decay` is a number in [0, 1); `where` names the caller."""
+    if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not (
+        0 <= ema_decay < 1
+    ):
+        raise ValueError(f"{where}: ema_decay must be a number in [0, 1), got {ema_decay!r}.")
+
+
 @keras.saving.register_keras_serializable(package="keras_compress")
 class ActivationQuantizer(keras.layers.Layer):
     """Fake-quantizes a tensor to int8 with a range learned from the data it sees.
@@ -97,13 +105,7 @@ class ActivationQuantizer(keras.layers.Layer):
                 )
             fixed_range = (low, high)
         self.fixed_range = fixed_range
-        if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not (
-            0 <= ema_decay < 1
-        ):
-            raise ValueError(
-                f"ActivationQuantizer '{self.name}': ema_decay must be a number in "
-                f"[0, 1), got {ema_decay!r}."
-            )
+        check_ema_decay(f"ActivationQuantizer '{self.name}'", ema_decay)
         if isinstance(num_bits, bool) or not isinstance(num_bits, int) or not 2 <= num_bits <= 16:
             raise ValueError(
                 f"ActivationQuantizer '{self.name}': num_bits must be an int in "
@@ -144,8 +146,9 @@ class ActivationQuantizer(keras.layers.Layer):
             x = ops.stop_gradient(ops.cast(inputs, "float32"))
             first = ops.equal(self.updates, 0)
             decay = self.ema_decay
-            low = ops.where(first, ops.min(x), decay * low + (1 - decay) * ops.min(x))
-            high = ops.where(first, ops.max(x), decay * high + (1 - decay) * ops.max(x))
+            batch_low, batch_high = ops.min(x), ops.max(x)
+            low = ops.where(first, batch_low, decay * low + (1 - decay) * batch_low)
+            high = ops.where(first, batch_high, decay * high + (1 - decay) * batch_high)
             self.range_min.assign(low)
             self.range_max.assign(high)
             self.updates.assign_add(1)

@@ -156,11 +156,11 @@ class QuantizeWrapper(L.Wrapper):
 
     def build(self, input_shape=None):
         super().build(input_shape)
-        if self.batch_norm is not None and not self.batch_norm.built:
-            self.batch_norm.build(self.layer.compute_output_shape(input_shape))
         if self.batch_norm is not None:
-            rank = len(self.layer.compute_output_shape(input_shape))
-            if self.batch_norm.axis not in (-1, rank - 1):
+            output_shape = self.layer.compute_output_shape(input_shape)
+            if not self.batch_norm.built:
+                self.batch_norm.build(output_shape)
+            if self.batch_norm.axis not in (-1, len(output_shape) - 1):
                 raise ValueError(
                     f"QuantizeWrapper '{self.name}': batch_norm "
                     f"'{self.batch_norm.name}' normalizes axis {self.batch_norm.axis}; "
