@@ -3,9 +3,10 @@
 Runs `python -m ai_edge_litert.tools.benchmark_litert_model` (LiteRT's Python
 mirror of its C++ benchmark) and `tflite_bench.benchmark_model` on the same
 float .tflite file at the same thread count, alternating, several rounds, and
-prints the ratio of our p50 to its median per round. The model is MobileNetV2
-at 96x96 (weights=None), large enough that the tool's 0.01 ms rounding does not
-matter.
+prints the ratio of our p50 to its median per round, for each of our runtimes
+(the tool itself runs LiteRT's CompiledModel). The model is MobileNetV2 at
+96x96 (weights=None), large enough that the tool's 0.01 ms rounding does not
+matter. The last lines give the median ratio per runtime; the bar is 0.85-1.15.
 
 Usage:
 
@@ -28,6 +29,7 @@ def parse_args():
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--size", type=int, default=96, help="input height and width")
+    p.add_argument("--runtimes", default="interpreter,compiled", help="our runtimes to compare")
     return p.parse_args()
 
 
@@ -56,16 +58,22 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "mobilenet_v2.tflite")
         kc.to_tflite(model, path)
-        ratios = []
+        runtimes = args.runtimes.split(",")
+        ratios = {runtime: [] for runtime in runtimes}
         for round_ in range(1, args.rounds + 1):
             theirs = litert_tool_median(path, args)
-            ours = benchmark_model(path, threads=args.threads, warmup=args.warmup, runs=args.runs).p50_ms
-            ratios.append(ours / theirs)
-            print(f"round {round_}: tflite_bench p50 {ours:.3f} ms, benchmark_litert_model median "
-                  f"{theirs:.3f} ms, ratio {ours / theirs:.3f}", flush=True)
-    print(f"\nMobileNetV2 {args.size}x{args.size} float, {args.threads} thread(s): ratio ours / LiteRT tool "
-          f"median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}, "
-          f"{len(ratios)} rounds)")
+            line = f"round {round_}: benchmark_litert_model median {theirs:.3f} ms"
+            for runtime in runtimes:
+                ours = benchmark_model(path, threads=args.threads, warmup=args.warmup, runs=args.runs,
+                                       runtime=runtime).p50_ms
+                ratios[runtime].append(ours / theirs)
+                line += f"; {runtime} p50 {ours:.3f} ms, ratio {ours / theirs:.3f}"
+            print(line, flush=True)
+    print()
+    for runtime, values in ratios.items():
+        print(f"MobileNetV2 {args.size}x{args.size} float, {args.threads} thread(s), {runtime}: ratio ours / "
+              f"LiteRT tool median {statistics.median(values):.3f} (min {min(values):.3f}, "
+              f"max {max(values):.3f}, {len(values)} rounds)")
 
 
 if __name__ == "__main__":

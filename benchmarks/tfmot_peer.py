@@ -30,10 +30,10 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
 import argparse
 import importlib.metadata
+import importlib.util
 import json
 import math
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -43,6 +43,22 @@ import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from _timing import timing_summary
+
+
+def _package_peer():
+    """keras_compress/tfmot_peer.py, the demo's tfmot peer, loaded from its
+    file: importing the keras_compress package would load Keras 3 here."""
+    folder = importlib.util.find_spec("keras_compress").submodule_search_locations[0]
+    spec = importlib.util.spec_from_file_location("kc_tfmot_peer", os.path.join(folder, "tfmot_peer.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The same model, training setup, conversion and measures as the demo's peer.
+_peer = _package_peer()
+build_model, compile_model, clone_with_weights = _peer.build_model, _peer.compile_model, _peer.clone_with_weights
+convert, keras_accuracy, kernel_sparsity = _peer.convert, _peer.keras_accuracy, _peer.kernel_sparsity
 
 THREAD_ENV_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
@@ -76,37 +92,6 @@ def load_data(path):
         return (data["x_train"], data["y_train"]), (data["x_test"], data["y_test"])
 
 
-def build_model():
-    return keras.Sequential(
-        [
-            keras.Input(shape=(28, 28, 1)),
-            keras.layers.Conv2D(16, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(32, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(10),
-        ]
-    )
-
-
-def compile_model(model):
-    # A fresh optimizer every time, so no model inherits another's Adam state.
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=1e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
-
-
-def clone_with_weights(model):
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    return clone
-
-
 def pruning_end_step(steps_per_epoch, finetune_epochs, frequency):
     """Last pruning step: a multiple of `frequency` inside the fine-tuning.
 
@@ -138,39 +123,6 @@ def prune(model, args, end_step):
     return tfmot.sparsity.keras.prune_low_magnitude(
         model, pruning_schedule=make_schedule(args, end_step)
     )
-
-
-def keras_accuracy(model, x, y):
-    # Argmax over predictions rather than evaluate(): the stripped model is
-    # uncompiled, and this mirrors how the TFLite accuracy is computed.
-    logits = model.predict(x, batch_size=256, verbose=0)
-    return float(np.mean(np.argmax(logits, axis=-1) == y))
-
-
-def kernel_sparsity(model):
-    kernels = [
-        layer.kernel.numpy()
-        for layer in model.layers
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
-    ]
-    zeros = sum(int(np.sum(k == 0)) for k in kernels)
-    total = sum(k.size for k in kernels)
-    return zeros / total
-
-
-def convert(model, optimizations):
-    """Convert to a TFLite flatbuffer; return (bytes, conversion path used)."""
-    try:
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        converter.optimizations = optimizations
-        return converter.convert(), "from_keras_model"
-    except Exception as error:  # the converter raises many unrelated types
-        log(f"from_keras_model failed ({type(error).__name__}: {error}); using SavedModel")
-    with tempfile.TemporaryDirectory() as saved_dir:
-        tf.saved_model.save(model, saved_dir)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_dir)
-        converter.optimizations = optimizations
-        return converter.convert(), "from_saved_model"
 
 
 def allocated_interpreter(flatbuffer, single_input_shape, resolver):

@@ -18,14 +18,18 @@ def main(argv=None):
     demo.add_argument("--epochs", type=int, default=3, help="training epochs per stage")
     demo.add_argument("--quick", action="store_true", help="a short run (about a minute)")
     demo.add_argument("--data", default=None, help="MNIST IDX folder or Keras mnist.npz")
+    demo.add_argument("--with-tfmot", action="store_true",
+                      help="add tfmot's pruning and QAT rows, run with tf_keras in a subprocess "
+                      "(extra [tfmot])")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from keras_compress.demo import run_demo
 
     try:
-        run_demo(out=args.out, epochs=args.epochs, quick=args.quick, data=args.data)
-    except ValueError as error:
+        run_demo(out=args.out, epochs=args.epochs, quick=args.quick, data=args.data,
+                 with_tfmot=args.with_tfmot)
+    except (ValueError, RuntimeError) as error:
         print(f"keras-compress demo: {error}", file=sys.stderr)
         return 2
     return 0

@@ -9,12 +9,17 @@ Writes the `.tflite` files, `results.json`, `results.csv`, `report.md` and the
 plots (with matplotlib, extra `[plot]`) into one folder.
 """
 
+import importlib.util
 import json
 import math
 import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import keras
+import numpy as np
 
 from keras_compress import datasets, pruning
 from keras_compress.distillation import Distiller
@@ -76,7 +81,35 @@ def _magnitude_schedule(steps):
     return pruning.PolynomialDecay(0.5, FINAL_SPARSITY, 0, end_step, frequency=frequency)
 
 
-def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0):
+def check_tfmot_installed():
+    """Raises unless the `[tfmot]` extra (tfmot and tf-keras) is installed."""
+    missing = [name for name in ("tensorflow_model_optimization", "tf_keras")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"with_tfmot needs {' and '.join(missing)}: install the [tfmot] extra, "
+                         "pip install 'keras-compress[tfmot]'.")
+
+
+def run_tfmot_peer(out, data, epochs, seed):
+    """Runs `keras_compress/tfmot_peer.py` in its own process (tfmot needs
+    TF_USE_LEGACY_KERAS for the whole process); returns its RESULT."""
+    (x_train, y_train), (x_test, y_test) = data
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tfmot_peer.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        split = os.path.join(tmp, "split.npz")
+        np.savez(split, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+        # stderr passes through: the peer's progress lines show as it runs.
+        done = subprocess.run(
+            [sys.executable, script, "--data", split, "--out", out, "--epochs", str(epochs), "--seed", str(seed)],
+            stdout=subprocess.PIPE, text=True, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"},
+        )
+    results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not results:
+        raise RuntimeError(f"the tfmot peer failed (exit code {done.returncode}); its messages are above.")
+    return json.loads(results[-1][len("RESULT "):])
+
+
+def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0, with_tfmot=False):
     """Runs the demo pipeline and returns its results (also written to `out`).
 
     Args:
@@ -86,9 +119,14 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
         data: `None` for the bundled MNIST, or a path accepted by
             `keras_compress.datasets.load_mnist`.
         seed: random seed.
+        with_tfmot: also run tfmot's pruning and QAT on the same architecture
+            and data (tf_keras, in a subprocess; extra `[tfmot]`) and put its
+            variants in the same table.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}.")
+    if with_tfmot:
+        check_tfmot_installed()
     import tflite_bench.report  # the demo is where the library and the bench meet
 
     started = time.perf_counter()
@@ -100,7 +138,7 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
     fit = dict(x=x_train, y=y_train, batch_size=32, epochs=epochs, verbose=2)
     keras.utils.set_random_seed(seed)
 
-    stages = 7
+    stages = 8 if with_tfmot else 7
     _status(f"1/{stages} training the baseline CNN ({epochs} epochs on {len(x_train)} images)")
     baseline = compile_classifier(build_cnn())
     baseline.fit(**fit)
@@ -140,12 +178,25 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
         "qat_int8": (qat, {"quantization": "int8"}),
         "distilled_student_int8": (distiller.student, {"quantization": "int8", **calibration}),
     }
-    _status(f"6/{stages} converting {len(variants)} variants to TFLite and measuring them in LiteRT")
+    sparsities = {}
+    if with_tfmot:
+        _status(f"6/{stages} tfmot peer: the same baseline, pruning and QAT with tf_keras + tfmot "
+                "(a subprocess)")
+        peer = run_tfmot_peer(out, ((x_train, y_train), (x_test, y_test)), epochs, seed)
+        for name in peer["files"]:
+            variants[name] = (None, {})
+        sparsities.update(peer["sparsity"])
+
+    stage = stages - 1
+    _status(f"{stage}/{stages} converting {len(variants)} variants to TFLite and measuring them in LiteRT")
     results, records = [], []
     progress = keras.utils.Progbar(len(variants), unit_name="variant")
     for i, (name, (model, options)) in enumerate(variants.items(), 1):
         path = os.path.join(out, f"{name}.tflite")
-        to_tflite(model, path, **options)
+        if model is not None:  # the tfmot peer wrote its own files
+            to_tflite(model, path, **options)
+            # QuantizeWrapper holds its kernel inside: the report counts plain layers.
+            sparsities[name] = None if name == "qat_int8" else pruning.sparsity_report(model).total.sparsity
         record = tflite_bench.benchmark_model(path, threads=1, runs=100, data=(x_test, y_test), name=name)
         records.append(record)
         results.append({
@@ -153,15 +204,14 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
             "file": os.path.basename(path),
             "bytes": record.bytes,
             "accuracy": record.accuracy,
-            # QuantizeWrapper holds its kernel inside: the report counts plain layers.
-            "sparsity": None if name == "qat_int8" else pruning.sparsity_report(model).total.sparsity,
+            "sparsity": sparsities.get(name),
             "int8_compute_fraction": record.int8_compute_fraction,
             "latency_p50_ms": record.p50_ms,
             "xnnpack": record.xnnpack,
         })
         progress.update(i)
 
-    _status(f"7/{stages} writing the report")
+    _status(f"{stages}/{stages} writing the report")
     dense = results[0]["bytes"]
     for r in results:
         r["size_ratio"] = r["bytes"] / dense
@@ -172,6 +222,7 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
         "test_images": len(x_test),
         "seconds": round(time.perf_counter() - started, 1),
         "results": results,
+        "tfmot": peer if with_tfmot else None,
     }
     plots = _plots(records, out)
     with open(os.path.join(out, "results.csv"), "w") as f:

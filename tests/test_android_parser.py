@@ -77,3 +77,49 @@ def test_cli_adb_without_adb_fails_clearly(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no adb on the PATH
     assert cli.main(["run", str(model), "--adb"]) == 2
     assert "adb executable 'adb' not found" in capsys.readouterr().err
+
+
+def test_cli_adb_records_go_into_the_same_report(tmp_path, capsys, monkeypatch):
+    """A stand-in `adb` that accepts the push and answers the shell command
+    with the newer sample: the figures land in the same record and report."""
+    import json
+    import os
+
+    from conftest import small_cnn
+    from keras_compress import to_tflite
+    from tflite_bench import cli
+
+    model = tmp_path / "m.tflite"
+    to_tflite(small_cnn(), model)
+    sample = tmp_path / "output.txt"
+    sample.write_text(NEWER)
+    log = tmp_path / "calls.txt"
+    adb = tmp_path / "adb"
+    adb.write_text(f'#!/bin/sh\necho "$@" >> {log}\nif [ "$1" = shell ]; then cat {sample}; fi\n')
+    adb.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    capsys.readouterr()
+    out = tmp_path / "report"
+    assert cli.main(["run", str(model), "--adb", "--runs", "50", "--warmup", "5", "--out", str(out)]) == 0
+    calls = log.read_text().splitlines()
+    assert calls[0] == f"push {model} /data/local/tmp/m.tflite"
+    assert "--num_runs=50" in calls[1] and "--warmup_runs=5" in calls[1] and "--num_threads=1" in calls[1]
+    (record,) = json.loads((out / "results.json").read_text())
+    assert record["runtime"] == "android" and record["bytes"] == os.path.getsize(model)
+    assert record["p50_ms"] == pytest.approx(20.8) and record["max_ms"] == pytest.approx(30.0)
+    assert record["runs"] == 50 and record["p90_ms"] is None and record["accuracy"] is None
+    assert record["op_counts"]["CONV_2D/float32"] == 2
+    assert "| m.tflite | 1 | android |" in (out / "report.md").read_text()
+
+
+def test_device_record_from_the_older_format(tmp_path):
+    from conftest import small_cnn
+    from keras_compress import to_tflite
+    from tflite_bench import device_record
+
+    model = tmp_path / "m.tflite"
+    to_tflite(small_cnn(), model)
+    record = device_record(str(model), parse_benchmark_model_output(OLDER), threads=1)
+    assert record.threads == 4  # what the device ran, as printed
+    assert (record.mean_ms, record.min_ms, record.max_ms) == pytest.approx((0.24125, 0.199, 0.9))
+    assert record.p50_ms is None and record.rss_growth_mb == 3.75

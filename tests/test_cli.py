@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,8 +15,11 @@ from tflite_bench import measure_latency
 def test_measure_latency_statistics_are_consistent():
     result = measure_latency(to_tflite(small_cnn()), threads=1, warmup=2, runs=30)
     assert result["runs"] == 30 and result["threads"] == 1
-    assert 0 < result["min_ms"] <= result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"]
-    assert result["min_ms"] <= result["mean_ms"]
+    assert 0 < result["min_ms"] <= result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"] <= result["max_ms"]
+    assert result["min_ms"] <= result["mean_ms"] <= result["max_ms"]
+    compiled = measure_latency(to_tflite(small_cnn()), warmup=1, runs=10, runtime="compiled")
+    assert compiled["runtime"] == "compiled" and compiled["runs"] == 10
+    assert compiled["min_ms"] <= compiled["p50_ms"] <= compiled["max_ms"]
     with pytest.raises(ValueError, match="runs must be an int >= 1"):
         measure_latency(to_tflite(small_cnn()), runs=0)
 
@@ -32,19 +36,23 @@ def test_tflite_bench_cli(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_quick_writes_a_consistent_report(tmp_path):
-    """The README's main command, shortened: every artefact exists and agrees."""
+    """The README's main command, shortened: every artefact exists and agrees.
+    With the [tfmot] extra installed (as in CI), with tfmot's rows too."""
     out = tmp_path / "report"
+    with_tfmot = importlib.util.find_spec("tensorflow_model_optimization") is not None
     done = subprocess.run(
-        [sys.executable, "-m", "keras_compress.cli", "demo", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "keras_compress.cli", "demo", "--quick", "--out", str(out),
+         *(["--with-tfmot"] if with_tfmot else [])],
         capture_output=True, text=True, timeout=1200,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())["results"]
     names = [r["variant"] for r in results]
+    tfmot_names = ["tfmot_pruned_sparse_float", "tfmot_pruned_sparse_int8", "tfmot_qat_int8"]
     assert names == [
         "baseline_float", "ptq_dynamic", "ptq_float16", "ptq_int8", "pruned_sparse_float",
         "pruned_sparse_int8", "l1_threshold_sparse_float", "qat_int8", "distilled_student_int8",
-    ]  # fmt: skip
+    ] + (tfmot_names if with_tfmot else [])  # fmt: skip
     for r in results:
         assert (out / r["file"]).stat().st_size == r["bytes"]
         assert 0.5 < r["accuracy"] <= 1.0
@@ -54,6 +62,10 @@ def test_demo_quick_writes_a_consistent_report(tmp_path):
     for name in ("ptq_int8", "pruned_sparse_int8", "qat_int8", "distilled_student_int8"):
         assert by_name[name]["int8_compute_fraction"] == 1.0
         assert by_name[name]["bytes"] < 0.3 * by_name["baseline_float"]["bytes"]
+    if with_tfmot:  # the peer's rows are measured the same way and are comparable
+        assert by_name["tfmot_pruned_sparse_float"]["sparsity"] == pytest.approx(0.8, abs=0.01)
+        assert by_name["tfmot_qat_int8"]["int8_compute_fraction"] == 1.0
+        assert "[tfmot peer] tfmot quantize_model" in done.stderr
     assert by_name["ptq_float16"]["bytes"] < 0.55 * by_name["baseline_float"]["bytes"]
     report = (out / "report.md").read_text()
     assert "| pruned_sparse_float |" in report and "accuracy_vs_size.png" in report
@@ -66,3 +78,13 @@ def test_demo_rejects_bad_arguments(capsys):
 
     assert cli.main(["demo", "--epochs", "0", "--out", os.devnull + "_unused"]) == 2
     assert "epochs must be an int >= 1" in capsys.readouterr().err
+
+
+def test_demo_with_tfmot_names_the_missing_extra(monkeypatch, capsys):
+    from keras_compress import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tf_keras" else real(name, *a))
+    assert cli.main(["demo", "--with-tfmot", "--out", os.devnull + "_unused"]) == 2
+    assert "with_tfmot needs tf_keras: install the [tfmot] extra" in capsys.readouterr().err

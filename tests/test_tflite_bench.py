@@ -38,8 +38,9 @@ def test_record_fields_match_independent_measurements(files):
     assert record.op_counts["CONV_2D/float32"] == 2
     assert record.int8_compute_fraction == 0.0
     assert record.accuracy == kc.evaluate_tflite(float_path, x, y)["accuracy"]
-    assert record.runs == 20 and record.threads == 1
-    assert 0 < record.min_ms <= record.p50_ms <= record.p90_ms <= record.p99_ms
+    assert record.runs == 20 and record.threads == 1 and record.runtime == "interpreter"
+    assert 0 < record.min_ms <= record.p50_ms <= record.p90_ms <= record.p99_ms <= record.max_ms
+    assert record.min_ms <= record.mean_ms <= record.max_ms
     assert record.init_ms > 0 and record.first_inference_ms > 0 and record.rss_growth_mb >= 0
     assert set(record.as_dict()) >= {"p50_ms", "bytes", "gzip_bytes", "accuracy"}
 
@@ -111,3 +112,64 @@ def test_cli_rejects_data_that_does_not_fit(files, tmp_path, capsys):
     np.savez(data, x=np.zeros((4, 5, 5, 1), "float32"), y=np.zeros(4, int))
     assert cli.main(["run", files[0], "--runs", "2", "--data", str(data)]) == 2
     assert "float.tflite" in capsys.readouterr().err
+
+
+def _weight_counts(model):
+    kernels = sum(int(np.prod(layer.kernel.shape)) for layer in model.layers if hasattr(layer, "kernel"))
+    biases = sum(int(np.prod(layer.bias.shape)) for layer in model.layers if getattr(layer, "bias", None) is not None)
+    return kernels, biases
+
+
+def test_constant_bytes_are_the_weights_in_their_stored_dtype(files):
+    float_path, int8_path, _ = files
+    kernels, biases = _weight_counts(small_cnn())
+    float_info, int8_info = kc.inspect_tflite(float_path), kc.inspect_tflite(int8_path)
+    # Float: 4 bytes a weight, plus a few small shape constants (int32).
+    assert float_info.constant_bytes["float32"] == 4 * (kernels + biases)
+    # int8: one byte a kernel weight, biases in int32.
+    assert int8_info.constant_bytes["int8"] == kernels
+    assert int8_info.constant_bytes["int32"] >= 4 * biases
+    record = benchmark_model(int8_path, warmup=0, runs=1)
+    assert record.constant_bytes == sum(int8_info.constant_bytes.values())
+    assert record.sparse_tensors == 0 and float_info.sparse_tensors == ()
+
+
+def test_sparse_tensors_are_counted():
+    model = small_cnn()
+    kernel, bias = model.get_layer("dense_a").get_weights()
+    kernel[np.abs(kernel) < np.quantile(np.abs(kernel), 0.8)] = 0
+    model.get_layer("dense_a").set_weights([kernel, bias])
+    info = kc.inspect_tflite(kc.to_tflite(model, sparse=True))
+    assert len(info.sparse_tensors) == 1 and "dense_a" in info.sparse_tensors[0]
+    assert "1 sparse" in info.summary()
+    assert benchmark_model(kc.to_tflite(model, sparse=True), warmup=0, runs=1).sparse_tensors == 1
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_compiled_runtime_gives_the_interpreters_predictions(files, which):
+    """LiteRT's CompiledModel: same accuracy as the interpreter, on float and
+    int8-I/O files, and consistent latency statistics."""
+    path, (x, y) = files[which], files[2]
+    compiled = benchmark_model(path, warmup=2, runs=20, data=(x, y), runtime="compiled")
+    interpreted = benchmark_model(path, warmup=0, runs=1, data=(x, y))
+    assert compiled.runtime == "compiled" and compiled.xnnpack
+    assert compiled.accuracy == interpreted.accuracy
+    assert 0 < compiled.min_ms <= compiled.p50_ms <= compiled.p90_ms <= compiled.p99_ms <= compiled.max_ms
+    assert compiled.bytes == interpreted.bytes and compiled.op_counts == interpreted.op_counts
+    builtin = benchmark_model(path, warmup=0, runs=2, data=(x, y), runtime="compiled", use_xnnpack=False)
+    assert not builtin.xnnpack and abs(builtin.accuracy - interpreted.accuracy) <= 2 / len(y)
+
+
+def test_runtime_is_checked(files):
+    with pytest.raises(ValueError, match="runtime must be one of 'interpreter', 'compiled'; got 'gpu'"):
+        benchmark_model(files[0], runtime="gpu")
+
+
+def test_cli_compiled_runtime(files, tmp_path, capsys):
+    from tflite_bench import cli
+
+    assert cli.main(["run", files[0], "--runtime", "compiled", "--runs", "5", "--warmup", "1"]) == 0
+    assert "compiled" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["run", files[0], "--runtime", "gpu"])
+    assert "invalid choice: 'gpu'" in capsys.readouterr().err

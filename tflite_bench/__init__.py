@@ -7,13 +7,16 @@ record.p50_ms, record.bytes, record.gzip_bytes, record.accuracy
 ```
 """
 
-from tflite_bench.android import parse_benchmark_model_output, run_on_device
+from tflite_bench.android import device_record, parse_benchmark_model_output, run_on_device
 from tflite_bench.latency import measure_latency
 from tflite_bench.record import BenchmarkRecord, benchmark_model
+from tflite_bench.runtime import RUNTIMES
 
 __all__ = [
     "BenchmarkRecord",
+    "RUNTIMES",
     "benchmark_model",
+    "device_record",
     "measure_latency",
     "parse_benchmark_model_output",
     "run_on_device",

@@ -10,6 +10,9 @@ import re
 import shutil
 import subprocess
 
+from keras_compress.export import read_flatbuffer
+from tflite_bench.record import BenchmarkRecord, default_name, static_fields
+
 _NUMBER = r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
 _TIMED_RUN = re.compile(r"count=(\d+) first=" + _NUMBER + r" curr=" + _NUMBER + r" min=" + _NUMBER
                         + r" max=" + _NUMBER + r" avg=" + _NUMBER + r" std=" + _NUMBER
@@ -85,7 +88,8 @@ def run_on_device(model, threads=1, runs=50, warmup=10, adb="adb", serial=None,
         remote_dir: where the model is pushed.
 
     Returns:
-        The dict of `parse_benchmark_model_output`.
+        A `BenchmarkRecord` (`runtime="android"`): the static fields from the
+        file, the timings from the device (see `device_record`).
     """
     if shutil.which(adb) is None:
         raise ValueError(f"run_on_device: adb executable {adb!r} not found; install the Android "
@@ -100,4 +104,28 @@ def run_on_device(model, threads=1, runs=50, warmup=10, adb="adb", serial=None,
                 f"--num_runs={runs}", f"--warmup_runs={warmup}"],
         capture_output=True, text=True,
     )
-    return parse_benchmark_model_output(done.stdout + done.stderr)
+    return device_record(model, parse_benchmark_model_output(done.stdout + done.stderr), threads)
+
+
+def device_record(model, parsed, threads, name=None):
+    """A `BenchmarkRecord` from a .tflite file and the parsed device output.
+
+    `benchmark_model` prints no p90 / p99 and measures no accuracy: those
+    fields are `None`. `rss_growth_mb` is its memory footprint growth over
+    the whole run; `xnnpack` is `None`, as the tool does not say.
+    """
+    content = read_flatbuffer(model)
+    return BenchmarkRecord(
+        **static_fields(content, default_name(model) if name is None else name),
+        threads=parsed.get("threads", threads),
+        runtime="android",
+        init_ms=parsed["init_ms"],
+        first_inference_ms=parsed["first_inference_ms"],
+        p50_ms=parsed.get("p50_ms"),
+        mean_ms=parsed["mean_ms"],
+        min_ms=parsed["min_ms"],
+        max_ms=parsed["max_ms"],
+        std_ms=parsed["std_ms"],
+        runs=parsed["runs"],
+        rss_growth_mb=parsed.get("memory_overall_mb"),
+    )

@@ -2,12 +2,14 @@
 
 import argparse
 import os
+import subprocess
 import sys
 
 import numpy as np
 
 from tflite_bench.record import benchmark_model
 from tflite_bench.report import text_table, write_report
+from tflite_bench.runtime import RUNTIMES
 
 
 def load_labelled_data(path):
@@ -38,6 +40,8 @@ def main(argv=None):
     run.add_argument("--warmup", type=int, default=20)
     run.add_argument("--runs", type=int, default=200)
     run.add_argument("--no-xnnpack", action="store_true", help="builtin kernels only")
+    run.add_argument("--runtime", choices=RUNTIMES, default="interpreter",
+                     help="LiteRT's classic Interpreter or its newer CompiledModel API")
     run.add_argument("--data", help="labelled data for accuracy: .npz (x_test/y_test or x/y), "
                      "an MNIST IDX folder or mnist.npz")
     run.add_argument("--out", help="folder for report.md, results.csv, results.json and plots")
@@ -56,12 +60,23 @@ def main(argv=None):
             print(f"tflite-bench: no such file: {path}", file=sys.stderr)
             return 2
     if args.adb:
-        return _run_on_android(args, threads)
-    try:
-        data = load_labelled_data(args.data) if args.data else None
-    except (OSError, ValueError, KeyError) as error:
-        print(f"tflite-bench: cannot read --data {args.data}: {error}", file=sys.stderr)
-        return 2
+        if args.data:
+            parser.error("--data needs a local run: benchmark_model on a device measures no accuracy")
+        from tflite_bench.android import run_on_device
+
+        def measure(path, n):
+            return run_on_device(path, threads=n, runs=args.runs, warmup=args.warmup,
+                                 serial=args.adb_serial, binary=args.adb_binary)
+    else:
+        try:
+            data = load_labelled_data(args.data) if args.data else None
+        except (OSError, ValueError, KeyError) as error:
+            print(f"tflite-bench: cannot read --data {args.data}: {error}", file=sys.stderr)
+            return 2
+
+        def measure(path, n):
+            return benchmark_model(path, threads=n, warmup=args.warmup, runs=args.runs,
+                                   use_xnnpack=not args.no_xnnpack, data=data, runtime=args.runtime)
 
     import keras  # only for its progress bar
 
@@ -70,9 +85,8 @@ def main(argv=None):
     records = []
     for i, (path, n) in enumerate(jobs):
         try:
-            records.append(benchmark_model(path, threads=n, warmup=args.warmup, runs=args.runs,
-                                           use_xnnpack=not args.no_xnnpack, data=data))
-        except ValueError as error:
+            records.append(measure(path, n))
+        except (ValueError, OSError, subprocess.CalledProcessError) as error:
             print(f"\ntflite-bench: {path}: {error}", file=sys.stderr)
             return 2
         progress.update(i + 1)
@@ -80,24 +94,6 @@ def main(argv=None):
     if args.out:
         for written in write_report(records, args.out, plots=_has_matplotlib()):
             print(f"wrote {written}")
-    return 0
-
-
-def _run_on_android(args, threads):
-    from tflite_bench.android import run_on_device
-
-    print(f"{'model':<32} {'threads':>7} {'mean ms':>9} {'p50 ms':>9} {'min ms':>9} {'init ms':>9}")
-    for path in args.models:
-        for n in threads:
-            try:
-                r = run_on_device(path, threads=n, runs=args.runs, warmup=args.warmup,
-                                  serial=args.adb_serial, binary=args.adb_binary)
-            except (ValueError, OSError) as error:
-                print(f"tflite-bench: {path}: {error}", file=sys.stderr)
-                return 2
-            p50 = f"{r['p50_ms']:>9.3f}" if "p50_ms" in r else f"{'-':>9}"
-            print(f"{os.path.basename(path):<32} {n:>7} {r['mean_ms']:>9.3f} {p50} {r['min_ms']:>9.3f} "
-                  f"{r['init_ms']:>9.1f}")
     return 0
 
 

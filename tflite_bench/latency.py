@@ -1,26 +1,18 @@
-"""Latency of one .tflite model in the LiteRT interpreter."""
+"""Latency of one .tflite model in a LiteRT runtime."""
 
 import statistics
 import time
 
 import numpy as np
 
-from keras_compress.export import load_interpreter
+from keras_compress.export import read_flatbuffer
+from tflite_bench.runtime import check_runtime, open_runner
 
 
-def _sample_input(detail, rng):
-    """A random input of the tensor's shape and dtype, within its range."""
-    dtype, shape = detail["dtype"], detail["shape"]
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
-    return rng.random(shape).astype(dtype)
-
-
-def measure_latency(tflite, threads=1, warmup=20, runs=100, use_xnnpack=True, seed=0):
+def measure_latency(tflite, threads=1, warmup=20, runs=100, use_xnnpack=True, seed=0, runtime="interpreter"):
     """Times `invoke` of a TFLite model, as LiteRT's benchmark tool does.
 
-    The interpreter is loaded and allocated once and its inputs set once; after
+    The model is loaded and allocated once and its inputs set once; after
     `warmup` untimed invokes, each of `runs` invokes is timed with a monotonic
     clock (`time.perf_counter_ns`).
 
@@ -32,15 +24,18 @@ def measure_latency(tflite, threads=1, warmup=20, runs=100, use_xnnpack=True, se
         use_xnnpack: apply LiteRT's default XNNPACK delegate (falls back to
             the builtin kernels, with a warning, where it cannot).
         seed: seed of the random input.
+        runtime: `"interpreter"` (the classic `Interpreter`) or `"compiled"`
+            (LiteRT's `CompiledModel`).
 
     Returns:
-        A dict: `p50_ms`, `p90_ms`, `p99_ms`, `mean_ms`, `min_ms`, `std_ms`,
-        `runs`, `threads`, `xnnpack` (whether XNNPACK ran).
+        A dict: `p50_ms`, `p90_ms`, `p99_ms`, `mean_ms`, `min_ms`, `max_ms`,
+        `std_ms`, `runs`, `threads`, `runtime`, `xnnpack` (whether XNNPACK ran).
     """
     check_counts("measure_latency", threads=threads, warmup=warmup, runs=runs)
-    interpreter = load_interpreter(tflite, num_threads=threads, use_xnnpack=use_xnnpack)
-    set_random_inputs(interpreter, seed)
-    return {**time_invokes(interpreter, warmup, runs), "threads": threads, "xnnpack": interpreter.uses_xnnpack}
+    check_runtime("measure_latency", runtime)
+    runner = open_runner(read_flatbuffer(tflite), runtime, threads, use_xnnpack)
+    runner.set_random_inputs(seed)
+    return {**time_invokes(runner, warmup, runs), "threads": threads, "runtime": runtime, "xnnpack": runner.xnnpack}
 
 
 def check_counts(api, threads, warmup, runs):
@@ -50,21 +45,14 @@ def check_counts(api, threads, warmup, runs):
             raise ValueError(f"{api}: {name} must be an int >= {minimum}, got {value!r}.")
 
 
-def set_random_inputs(interpreter, seed=0):
-    """Sets every input of an allocated interpreter to random values, once."""
-    rng = np.random.default_rng(seed)
-    for detail in interpreter.get_input_details():
-        interpreter.set_tensor(detail["index"], _sample_input(detail, rng))
-
-
-def time_invokes(interpreter, warmup, runs):
+def time_invokes(runner, warmup, runs):
     """Latency statistics of `runs` timed invokes after `warmup` untimed ones."""
     for _ in range(warmup):
-        interpreter.invoke()
+        runner.invoke()
     times = []
     for _ in range(runs):
         start = time.perf_counter_ns()
-        interpreter.invoke()
+        runner.invoke()
         times.append((time.perf_counter_ns() - start) / 1e6)
     ordered = sorted(times)
     return {
@@ -73,6 +61,7 @@ def time_invokes(interpreter, warmup, runs):
         "p99_ms": _percentile(ordered, 99),
         "mean_ms": statistics.fmean(times),
         "min_ms": ordered[0],
+        "max_ms": ordered[-1],
         "std_ms": statistics.pstdev(times),
         "runs": runs,
     }

@@ -5,13 +5,21 @@ import gzip
 import os
 import time
 
-from keras_compress.export import evaluate_tflite, inspect_tflite, load_interpreter, read_flatbuffer
-from tflite_bench.latency import check_counts, set_random_inputs, time_invokes
+import numpy as np
+
+from keras_compress.export import inspect_tflite, read_flatbuffer
+from keras_compress.export.interpreter import class_labels
+from tflite_bench.latency import check_counts, time_invokes
+from tflite_bench.runtime import check_runtime, open_runner
 
 
 @dataclasses.dataclass
 class BenchmarkRecord:
     """The measurements of one model at one thread count.
+
+    The static fields come from the file; the others from the run, locally
+    (`benchmark_model`) or on an Android device (`run_on_device`). A figure
+    the run cannot give is `None`.
 
     Attributes:
         name: the model's name (its file name, or the name given).
@@ -19,11 +27,16 @@ class BenchmarkRecord:
         op_counts: `{"TYPE/dtype": count}` of the main subgraph's ops.
         int8_compute_fraction: share of compute ops (QUANTIZE / DEQUANTIZE
             excluded) whose output is int8.
-        threads, xnnpack: how it ran (XNNPACK may fall back to builtin kernels).
-        init_ms: interpreter construction and tensor allocation.
+        constant_bytes: bytes of the constant tensors (weights, biases).
+        sparse_tensors: how many tensors the file stores in sparse format.
+        threads: threads it ran with.
+        runtime: `"interpreter"`, `"compiled"` (LiteRT's CompiledModel) or
+            `"android"` (TensorFlow's benchmark_model on a device).
+        xnnpack: whether XNNPACK ran (it may fall back to builtin kernels).
+        init_ms: runtime construction and tensor allocation.
         first_inference_ms: the first invoke after allocation.
-        p50_ms, p90_ms, p99_ms, mean_ms, min_ms, std_ms, runs: latency of the
-            timed invokes, after the warm-up.
+        p50_ms, p90_ms, p99_ms, mean_ms, min_ms, max_ms, std_ms, runs:
+            latency of the timed invokes, after the warm-up.
         rss_growth_mb: resident memory growth over load and allocate.
         accuracy: on the labelled data given, else `None`.
     """
@@ -33,25 +46,50 @@ class BenchmarkRecord:
     gzip_bytes: int
     op_counts: dict
     int8_compute_fraction: float
+    constant_bytes: int
+    sparse_tensors: int
     threads: int
-    xnnpack: bool
-    init_ms: float
-    first_inference_ms: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    min_ms: float
-    std_ms: float
-    runs: int
-    rss_growth_mb: float
+    runtime: str = "interpreter"
+    xnnpack: bool = None
+    init_ms: float = None
+    first_inference_ms: float = None
+    p50_ms: float = None
+    p90_ms: float = None
+    p99_ms: float = None
+    mean_ms: float = None
+    min_ms: float = None
+    max_ms: float = None
+    std_ms: float = None
+    runs: int = None
+    rss_growth_mb: float = None
     accuracy: float = None
 
     def as_dict(self):
         return dataclasses.asdict(self)
 
 
-def benchmark_model(tflite, threads=1, warmup=20, runs=200, use_xnnpack=True, data=None, name=None):
+def static_fields(content, name):
+    """The fields of a `BenchmarkRecord` that the file alone gives."""
+    info = inspect_tflite(content)
+    counts = {f"{op_type}/{dtype}": n for (op_type, dtype), n in info.op_counts().items()}
+    compute = [op for op in info.ops if op.type not in ("QUANTIZE", "DEQUANTIZE")]
+    return dict(
+        name=name,
+        bytes=len(content),
+        gzip_bytes=len(gzip.compress(content, compresslevel=9)),
+        op_counts=counts,
+        int8_compute_fraction=sum(op.dtype == "int8" for op in compute) / len(compute) if compute else 0.0,
+        constant_bytes=sum(info.constant_bytes.values()),
+        sparse_tensors=len(info.sparse_tensors),
+    )
+
+
+def default_name(tflite):
+    return os.path.basename(tflite) if isinstance(tflite, (str, os.PathLike)) else "model"
+
+
+def benchmark_model(tflite, threads=1, warmup=20, runs=200, use_xnnpack=True, data=None, name=None,
+                    runtime="interpreter"):
     """Measures one TFLite model: size, ops, start-up, latency, memory, accuracy.
 
     Args:
@@ -63,41 +101,36 @@ def benchmark_model(tflite, threads=1, warmup=20, runs=200, use_xnnpack=True, da
         data: optional `(x, y)` labelled samples for accuracy; int8 / uint8
             inputs and outputs are scaled with their zero points.
         name: the name in reports (default: the file name, or "model").
+        runtime: `"interpreter"` (the classic `Interpreter`) or `"compiled"`
+            (LiteRT's `CompiledModel`); accuracy is computed in the same runtime.
 
     Returns:
         A `BenchmarkRecord`.
     """
     check_counts("benchmark_model", threads=threads, warmup=warmup, runs=runs)
+    check_runtime("benchmark_model", runtime)
     content = read_flatbuffer(tflite)
-    if name is None:
-        name = os.path.basename(tflite) if isinstance(tflite, (str, os.PathLike)) else "model"
-    info = inspect_tflite(content)
-    counts = {f"{op_type}/{dtype}": n for (op_type, dtype), n in info.op_counts().items()}
-    compute = [op for op in info.ops if op.type not in ("QUANTIZE", "DEQUANTIZE")]
-    int8 = sum(op.dtype == "int8" for op in compute) / len(compute) if compute else 0.0
+    static = static_fields(content, default_name(tflite) if name is None else name)
+    labels = None if data is None else class_labels("benchmark_model", *data)
 
     rss_before = _rss_mb()
     start = time.perf_counter_ns()
-    interpreter = load_interpreter(content, num_threads=threads, use_xnnpack=use_xnnpack)
+    runner = open_runner(content, runtime, threads, use_xnnpack)
     init_ms = (time.perf_counter_ns() - start) / 1e6
     rss_growth = max(0.0, _rss_mb() - rss_before)
-    set_random_inputs(interpreter)
+    runner.set_random_inputs()
     start = time.perf_counter_ns()
-    interpreter.invoke()
+    runner.invoke()
     first_ms = (time.perf_counter_ns() - start) / 1e6
-    latency = time_invokes(interpreter, warmup, runs)
+    latency = time_invokes(runner, warmup, runs)
     accuracy = None
-    if data is not None:
-        x, y = data
-        accuracy = evaluate_tflite(content, x, y, num_threads=threads)["accuracy"]
+    if labels is not None:
+        accuracy = float(np.mean(runner.predict(data[0]).argmax(-1) == labels))
     return BenchmarkRecord(
-        name=name,
-        bytes=len(content),
-        gzip_bytes=len(gzip.compress(content, compresslevel=9)),
-        op_counts=counts,
-        int8_compute_fraction=int8,
+        **static,
         threads=threads,
-        xnnpack=interpreter.uses_xnnpack,
+        runtime=runtime,
+        xnnpack=runner.xnnpack,
         init_ms=init_ms,
         first_inference_ms=first_ms,
         rss_growth_mb=rss_growth,

@@ -8,6 +8,7 @@ import os
 COLUMNS = (
     ("name", "model", "{}"),
     ("threads", "threads", "{}"),
+    ("runtime", "runtime", "{}"),
     ("bytes", "bytes", "{:,}"),
     ("gzip_bytes", "gzip bytes", "{:,}"),
     ("int8_compute_fraction", "int8 ops", "{:.0%}"),

@@ -74,6 +74,11 @@ class TFLiteInfo:
         subgraph_count: how many subgraphs the file has; more than one when
             control-flow ops keep their bodies in subgraphs of their own, whose
             ops are not in `ops`.
+        constant_bytes: `{dtype: bytes}` of the main subgraph's constant
+            tensors (weights, biases, shapes) as stored in the file's buffers.
+        sparse_tensors: the names of the tensors stored in TFLite's sparse
+            format (with sparsity parameters), such as pruned weights
+            converted with `sparse=True`.
     """
 
     size_bytes: int
@@ -82,6 +87,8 @@ class TFLiteInfo:
     inputs: tuple
     outputs: tuple
     subgraph_count: int
+    constant_bytes: dict = dataclasses.field(default_factory=dict)
+    sparse_tensors: tuple = ()
 
     def op_counts(self):
         """How many ops of each type and dtype the model has.
@@ -119,6 +126,9 @@ class TFLiteInfo:
             f"{len(self.ops)} ops"
             + (f", {self.subgraph_count} subgraphs" if self.subgraph_count > 1 else "")
         ]
+        if self.constant_bytes:
+            lines.append("Constants: " + ", ".join(f"{n:,} bytes {d}" for d, n in self.constant_bytes.items())
+                         + (f"; {len(self.sparse_tensors)} sparse" if self.sparse_tensors else ""))
         for title, tensors in (("Inputs", self.inputs), ("Outputs", self.outputs)):
             lines.append(f"{title}:")
             for t in tensors:
@@ -190,7 +200,22 @@ def inspect_tflite(tflite):
         inputs=tuple(_tensor_info(graph.tensors[i]) for i in _indices(graph.inputs)),
         outputs=tuple(_tensor_info(graph.tensors[i]) for i in _indices(graph.outputs)),
         subgraph_count=len(model.subgraphs),
+        constant_bytes=_constant_bytes(model, graph),
+        sparse_tensors=tuple(t.name.decode() for t in graph.tensors or [] if t.sparsity is not None),
     )
+
+
+def _constant_bytes(model, graph):
+    """`{dtype: bytes}` of the tensors whose data the file stores."""
+    totals = collections.Counter()
+    for tensor in graph.tensors or []:
+        buffer = model.buffers[tensor.buffer] if model.buffers and tensor.buffer else None
+        if buffer is not None:
+            # Models over 2 GB keep their data after the flatbuffer (offset, size).
+            size = len(buffer.data) if buffer.data is not None else int(buffer.size or 0)
+            if size:
+                totals[_dtype_name(tensor.type)] += size
+    return dict(totals)
 
 
 def _indices(vector):

@@ -64,17 +64,17 @@ def read_flatbuffer(tflite):
     return content
 
 
-def _quantize(x, detail):
-    scale, zero_point = detail["quantization"]
-    dtype = detail["dtype"]
+def quantize_io(x, scale, zero_point, dtype):
+    """Float values to an integer input tensor's dtype (a float input: a cast)."""
+    dtype = np.dtype(dtype)
     if np.issubdtype(dtype, np.integer) and scale:
         info = np.iinfo(dtype)
         x = np.clip(np.round(x / scale + zero_point), info.min, info.max)
     return x.astype(dtype)
 
 
-def _dequantize(y, detail):
-    scale, zero_point = detail["quantization"]
+def dequantize_io(y, scale, zero_point):
+    """An integer output tensor's values back to float (a float output: as is)."""
     if np.issubdtype(y.dtype, np.integer) and scale:
         return (y.astype(np.float32) - zero_point) * scale
     return y
@@ -120,10 +120,10 @@ def predict_tflite(tflite, x, num_threads=None):
         chunk = x[start : start + batch]
         if len(chunk) < batch:  # the last partial batch of a fixed-batch model
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
-        interpreter.set_tensor(detail["index"], _quantize(chunk, detail))
+        interpreter.set_tensor(detail["index"], quantize_io(chunk, *detail["quantization"], detail["dtype"]))
         interpreter.invoke()
         for result, out in zip(results, outputs):
-            result.append(_dequantize(interpreter.get_tensor(out["index"]), out))
+            result.append(dequantize_io(interpreter.get_tensor(out["index"]), *out["quantization"]))
     arrays = [np.concatenate(r)[: len(x)] for r in results]
     return arrays[0] if len(arrays) == 1 else arrays
 
@@ -140,13 +140,18 @@ def evaluate_tflite(tflite, x, y, num_threads=None):
     Returns:
         `{"accuracy": float, "samples": int}`.
     """
-    y = np.asarray(y)
-    if len(y) != len(np.asarray(x)):
-        raise ValueError(f"evaluate_tflite: x has {len(x)} samples but y has {len(y)}.")
-    if len(y) == 0:
-        raise ValueError("evaluate_tflite: x and y are empty.")
-    labels = y.argmax(-1) if y.ndim > 1 else y
+    labels = class_labels("evaluate_tflite", x, y)
     logits = predict_tflite(tflite, x, num_threads)
     if isinstance(logits, list):
         raise ValueError("evaluate_tflite expects a model with one output.")
-    return {"accuracy": float(np.mean(logits.argmax(-1) == labels)), "samples": int(len(y))}
+    return {"accuracy": float(np.mean(logits.argmax(-1) == labels)), "samples": int(len(labels))}
+
+
+def class_labels(api, x, y):
+    """Integer labels from `y` (labels or one-hot rows), checked against `x`."""
+    y = np.asarray(y)
+    if len(y) != len(np.asarray(x)):
+        raise ValueError(f"{api}: x has {len(x)} samples but y has {len(y)}.")
+    if len(y) == 0:
+        raise ValueError(f"{api}: x and y are empty.")
+    return y.argmax(-1) if y.ndim > 1 else y
