@@ -6,6 +6,7 @@ never modified.
 """
 
 import keras
+import numpy as np
 from keras.src.models.functional import Functional  # Keras has no public name for it.
 
 
@@ -35,6 +36,23 @@ def check_graph_model(model, api, layer_api):
             f"'{model.name}' is not built. Give it a keras.Input or call it on "
             "data first."
         )
+
+
+def check_finite_weights(model, api):
+    """Raises, naming the layer and weight, if a weight holds NaN or Inf.
+
+    Ranking weights by magnitude, folding them, quantizing them or learning
+    from them is meaningless once one is not a number.
+    """
+    for layer in walk_layers(model):
+        for weight in layer.weights:
+            values = keras.ops.convert_to_numpy(weight)
+            if values.dtype.kind == "f" and not np.isfinite(values).all():
+                bad = "NaN" if np.isnan(values).any() else "Inf"
+                raise ValueError(
+                    f"{api}: layer '{layer.name}' of model '{model.name}' has non-finite ({bad}) "
+                    f"values in its weight '{weight.path}'; every weight must be a finite number."
+                )
 
 
 def walk_layers(model):

@@ -74,7 +74,7 @@ def test_relative_threshold_uses_alpha_times_max_abs():
     "call, match",
     [
         (lambda: criteria.magnitude(np.ones(3), 1.5), "sparsity must be in"),
-        (lambda: criteria.threshold(np.ones(3), -1), "epsilon must be >= 0"),
+        (lambda: criteria.threshold(np.ones(3), -1), "epsilon must be a number >= 0"),
         (lambda: criteria.relative_threshold(np.ones(3), 2), "alpha must be in"),
         (lambda: criteria.global_magnitude([], 0.5), "at least one"),
     ],

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_compress._models import check_finite_weights
 from keras_compress.distillation.losses import (
     feature_distillation_loss,
     hard_label_distillation_loss,
@@ -30,6 +31,7 @@ def _check_model(model, role):
             f"Distiller: {role} '{model.name}' must be a built model with known inputs "
             "(give it a keras.Input)."
         )
+    check_finite_weights(model, f"Distiller ({role})")
 
 
 def _shape(tensor):

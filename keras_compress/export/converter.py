@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 import keras
 import numpy as np
 
-from keras_compress._models import walk_layers
+from keras_compress._models import check_finite_weights, walk_layers
 
 # The converter skips tensors below this fraction of zeros (its own
 # minimum for sparse encoding), so "auto" asks for the encoding only when some
@@ -125,6 +125,7 @@ def _check_arguments(model, output, quantization, calibration_steps, int8_io, sp
             f"to_tflite needs a built model with known inputs; model '{model.name}' "
             "has none. Give it a keras.Input or call it on data first."
         )
+    check_finite_weights(model, "to_tflite")
     if sparse not in ("auto", True, False):
         raise ValueError(f"to_tflite: sparse must be 'auto', True or False, got {sparse!r}.")
     if batch_size is not None and (

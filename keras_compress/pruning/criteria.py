@@ -10,9 +10,9 @@ import math
 from keras import ops
 
 
-def _count_to_prune(size, sparsity):
+def _count_to_prune(api, size, sparsity):
     if not 0.0 <= sparsity <= 1.0 or math.isnan(sparsity):
-        raise ValueError(f"sparsity must be in [0, 1], got {sparsity!r}.")
+        raise ValueError(f"criteria.{api}: sparsity must be in [0, 1], got {sparsity!r}.")
     return int(round(sparsity * size))
 
 
@@ -48,7 +48,7 @@ def magnitude(weights, sparsity):
     ```
     """
     scores = ops.reshape(ops.abs(ops.convert_to_tensor(weights)), (-1,))
-    count = _count_to_prune(int(scores.shape[0]), sparsity)
+    count = _count_to_prune("magnitude", int(scores.shape[0]), sparsity)
     return ops.reshape(_mask_smallest(scores, count), ops.shape(weights))
 
 
@@ -68,10 +68,10 @@ def global_magnitude(weights_list, sparsity):
     """
     tensors = [ops.convert_to_tensor(w) for w in weights_list]
     if not tensors:
-        raise ValueError("global_magnitude needs at least one weight tensor.")
+        raise ValueError("criteria.global_magnitude needs at least one weight tensor, got an empty list.")
     flat = [ops.reshape(ops.abs(ops.cast(t, "float32")), (-1,)) for t in tensors]
     scores = ops.concatenate(flat, axis=0)
-    count = _count_to_prune(int(scores.shape[0]), sparsity)
+    count = _count_to_prune("global_magnitude", int(scores.shape[0]), sparsity)
     mask = _mask_smallest(scores, count)
     masks, start = [], 0
     for t, f in zip(tensors, flat):
@@ -89,7 +89,7 @@ def threshold(weights, epsilon):
         epsilon: absolute threshold (>= 0).
     """
     if not epsilon >= 0:
-        raise ValueError(f"epsilon must be >= 0, got {epsilon!r}.")
+        raise ValueError(f"criteria.threshold: epsilon must be a number >= 0, got {epsilon!r}.")
     w = ops.convert_to_tensor(weights)
     return ops.cast(ops.abs(w) >= epsilon, "float32")
 
@@ -102,6 +102,6 @@ def relative_threshold(weights, alpha):
         alpha: fraction of the largest magnitude, in [0, 1].
     """
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}.")
+        raise ValueError(f"criteria.relative_threshold: alpha must be in [0, 1], got {alpha!r}.")
     w = ops.abs(ops.convert_to_tensor(weights))
     return ops.cast(w >= alpha * ops.max(w), "float32")

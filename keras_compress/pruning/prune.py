@@ -80,6 +80,7 @@ def prune_low_magnitude(
     if isinstance(to_prune, keras.layers.Layer) and not isinstance(to_prune, keras.Model):
         return PruneWrapper(to_prune, **options)
     _models.check_graph_model(to_prune, "prune_low_magnitude", _LAYER_API)
+    _models.check_finite_weights(to_prune, "prune_low_magnitude")
     check_options("prune_low_magnitude", **options)
     selected = _select_layers(to_prune, layers)
     if not selected:

@@ -82,16 +82,16 @@ def _check_int(name, value, minimum):
         raise ValueError(f"{name} must be an int >= {minimum}, got {value}.")
 
 
-def _check_steps(begin_step, end_step, frequency, allow_forever):
-    _check_int("begin_step", begin_step, 0)
-    _check_int("frequency", frequency, 1)
+def _check_steps(where, begin_step, end_step, frequency, allow_forever):
+    _check_int(f"{where}: begin_step", begin_step, 0)
+    _check_int(f"{where}: frequency", frequency, 1)
     if allow_forever and end_step == -1:
         return
-    _check_int("end_step", end_step, 0)
+    _check_int(f"{where}: end_step", end_step, 0)
     if end_step <= begin_step:
         accepted = "-1 (forever) or " if allow_forever else ""
         raise ValueError(
-            f"end_step must be {accepted}greater than begin_step; got "
+            f"{where}: end_step must be {accepted}greater than begin_step; got "
             f"begin_step={begin_step}, end_step={end_step}."
         )
 
@@ -118,8 +118,8 @@ class ConstantSparsity(PruningSchedule):
     """
 
     def __init__(self, target_sparsity, begin_step=0, end_step=-1, frequency=100):
-        _check_sparsity("target_sparsity", target_sparsity)
-        _check_steps(begin_step, end_step, frequency, allow_forever=True)
+        _check_sparsity("ConstantSparsity: target_sparsity", target_sparsity)
+        _check_steps("ConstantSparsity", begin_step, end_step, frequency, allow_forever=True)
         super().__init__(begin_step, end_step, frequency)
         self.target_sparsity = float(target_sparsity)
         self.final_sparsity = self.target_sparsity
@@ -170,9 +170,9 @@ class PolynomialDecay(PruningSchedule):
         power=3,
         frequency=100,
     ):
-        _check_sparsity("initial_sparsity", initial_sparsity)
-        _check_sparsity("final_sparsity", final_sparsity)
-        _check_steps(begin_step, end_step, frequency, allow_forever=False)
+        _check_sparsity("PolynomialDecay: initial_sparsity", initial_sparsity)
+        _check_sparsity("PolynomialDecay: final_sparsity", final_sparsity)
+        _check_steps("PolynomialDecay", begin_step, end_step, frequency, allow_forever=False)
         if isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0:
             raise ValueError(f"power must be a number > 0, got {power!r}.")
         super().__init__(begin_step, end_step, frequency)

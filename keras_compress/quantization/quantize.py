@@ -169,6 +169,7 @@ def quantize_apply(model, *, preserve_sparsity=True, ema_decay=0.99):
 
 def _check_model(model, api):
     _models.check_graph_model(model, api, "QuantizeWrapper on its layers")
+    _models.check_finite_weights(model, api)
     for layer in _models.walk_layers(model):
         if isinstance(layer, (QuantizeWrapper, ActivationQuantizer)):
             raise ValueError(
