@@ -105,7 +105,9 @@ def clone_model(model, transform):
 
     Args:
         model: a model accepted by `check_graph_model`.
-        transform: called on every non-model layer with the layer. Returns
+        transform: called on every non-model layer with the layer (Keras
+            ops in the graph, such as `x + 3.0`, are stateless and shared
+            by the clone without a call). Returns
             `None` to copy the layer unchanged (config and weights), or a pair
             `(new_layer, fill)` where `new_layer` is an unbuilt layer put in its
             place and `fill(new_layer)` sets its weights once the clone is built.
@@ -116,6 +118,8 @@ def clone_model(model, transform):
     pending = []
 
     def clone_function(layer):
+        if not isinstance(layer, keras.layers.Layer):
+            return layer
         replaced = transform(layer)
         if replaced is None:
             new = copy_layer(layer)

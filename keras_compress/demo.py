@@ -1,7 +1,8 @@
 """`keras-compress demo`: the whole pipeline on the bundled MNIST data.
 
 Trains a small CNN, compresses it every way the package knows (post-training
-quantization, magnitude and L1 pruning, quantization-aware training,
+quantization, magnitude and L1 pruning, structured pruning that removes half
+the filters and units, quantization-aware training,
 distillation into a smaller student), converts every variant to TFLite and
 measures each converted file with `tflite_bench`: bytes, op dtypes, latency,
 start-up, memory and accuracy on the held-out split in the LiteRT interpreter.
@@ -27,6 +28,7 @@ from keras_compress.export import to_tflite
 from keras_compress.quantization import quantize_model
 
 FINAL_SPARSITY = 0.8
+STRUCTURED_AMOUNT = 0.5
 
 
 def build_cnn():
@@ -138,7 +140,7 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
     fit = dict(x=x_train, y=y_train, batch_size=32, epochs=epochs, verbose=2)
     keras.utils.set_random_seed(seed)
 
-    stages = 8 if with_tfmot else 7
+    stages = 9 if with_tfmot else 8
     _status(f"1/{stages} training the baseline CNN ({epochs} epochs on {len(x_train)} images)")
     baseline = compile_classifier(build_cnn())
     baseline.fit(**fit)
@@ -166,6 +168,11 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
     distiller.compile(optimizer="adam", metrics=["accuracy"], alpha=0.5, mode="hard")
     distiller.fit(*distiller.cache_teacher(x_train, y_train), batch_size=32, epochs=2 * epochs, verbose=2)
 
+    _status(f"6/{stages} structured pruning: removing {STRUCTURED_AMOUNT:.0%} of the filters and units "
+            f"(smallest L1 norm), then {epochs} epochs of fine-tuning")
+    shrunk = compile_classifier(pruning.shrink(baseline, STRUCTURED_AMOUNT, criterion="l1"))
+    shrunk.fit(**fit)
+
     calibration = {"representative_data": x_train, "calibration_steps": 200}
     variants = {
         "baseline_float": (baseline, {}),
@@ -177,10 +184,12 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
         "l1_threshold_sparse_float": (l1, {}),
         "qat_int8": (qat, {"quantization": "int8"}),
         "distilled_student_int8": (distiller.student, {"quantization": "int8", **calibration}),
+        "structured_50_float": (shrunk, {}),
+        "structured_50_int8": (shrunk, {"quantization": "int8", **calibration}),
     }
     sparsities = {}
     if with_tfmot:
-        _status(f"6/{stages} tfmot peer: the same baseline, pruning and QAT with tf_keras + tfmot "
+        _status(f"7/{stages} tfmot peer: the same baseline, pruning and QAT with tf_keras + tfmot "
                 "(a subprocess)")
         peer = run_tfmot_peer(out, ((x_train, y_train), (x_test, y_test)), epochs, seed)
         for name in peer["files"]:

@@ -52,6 +52,7 @@ def test_demo_quick_writes_a_consistent_report(tmp_path):
     assert names == [
         "baseline_float", "ptq_dynamic", "ptq_float16", "ptq_int8", "pruned_sparse_float",
         "pruned_sparse_int8", "l1_threshold_sparse_float", "qat_int8", "distilled_student_int8",
+        "structured_50_float", "structured_50_int8",
     ] + (tfmot_names if with_tfmot else [])  # fmt: skip
     for r in results:
         assert (out / r["file"]).stat().st_size == r["bytes"]
@@ -62,6 +63,10 @@ def test_demo_quick_writes_a_consistent_report(tmp_path):
     for name in ("ptq_int8", "pruned_sparse_int8", "qat_int8", "distilled_student_int8"):
         assert by_name[name]["int8_compute_fraction"] == 1.0
         assert by_name[name]["bytes"] < 0.3 * by_name["baseline_float"]["bytes"]
+    # Structured pruning: a smaller dense file, with no sparse encoding.
+    assert by_name["structured_50_float"]["bytes"] < 0.35 * by_name["baseline_float"]["bytes"]
+    assert by_name["structured_50_float"]["sparsity"] < 0.05
+    assert by_name["structured_50_int8"]["int8_compute_fraction"] == 1.0
     if with_tfmot:  # the peer's rows are measured the same way and are comparable
         assert by_name["tfmot_pruned_sparse_float"]["sparsity"] == pytest.approx(0.8, abs=0.01)
         assert by_name["tfmot_qat_int8"]["int8_compute_fraction"] == 1.0

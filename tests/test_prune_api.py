@@ -35,6 +35,14 @@ def nested():
     return keras.Model(inputs, outputs, name="nested")
 
 
+def with_raw_ops():
+    """Keras ops straight on tensors (`x + 3.0`, as hard-swish in MobileNetV3)."""
+    inputs = keras.Input((6,))
+    x = L.Dense(4, name="first")(inputs)
+    x = x * keras.ops.relu6(x + 3.0) / 6.0
+    return keras.Model(inputs, L.Dense(2, name="second")(x), name="raw_ops")
+
+
 def wrapped_names(model):
     out = []
     for layer in model.layers:
@@ -51,6 +59,7 @@ def wrapped_names(model):
         (small_cnn, toy_data()[0], ["conv_a", "conv_b", "dense_a", "logits"]),
         (functional_residual, np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32"), ["stem", "branch", "head"]),
         (nested, np.random.default_rng(0).normal(size=(4, 10)).astype("float32"), ["inner_a", "inner_b", "outer"]),
+        (with_raw_ops, np.random.default_rng(0).normal(size=(4, 6)).astype("float32"), ["first", "second"]),
     ],
 )
 def test_clone_wraps_prunable_layers_with_identical_outputs(make, x, expected):

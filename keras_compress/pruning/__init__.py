@@ -1,6 +1,12 @@
-"""Pruning for Keras 3: wrappers, schedules, criteria, callbacks, strip, report."""
+"""Pruning for Keras 3.
 
-from keras_compress.pruning import criteria
+Unstructured (weights set to zero, the file shrinks): wrappers, schedules,
+criteria, callbacks, strip, report. Structured (whole units removed, the
+model gets smaller and faster): `shrink`, `iterative_shrink`, `GroupLasso`,
+`dependency_groups`, with the unit criteria in `pruning.structured`.
+"""
+
+from keras_compress.pruning import criteria, structured
 from keras_compress.pruning.callbacks import (
     L1Regularization,
     PruningSummaries,
@@ -10,10 +16,19 @@ from keras_compress.pruning.callbacks import (
 from keras_compress.pruning.prune import prune_low_magnitude, strip_pruning
 from keras_compress.pruning.report import LayerSparsity, SparsityReport, sparsity_report
 from keras_compress.pruning.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+from keras_compress.pruning.structured import (
+    DependencyGroup,
+    GroupLasso,
+    dependency_groups,
+    iterative_shrink,
+    shrink,
+)
 from keras_compress.pruning.wrapper import PruneWrapper
 
 __all__ = [
     "ConstantSparsity",
+    "DependencyGroup",
+    "GroupLasso",
     "L1Regularization",
     "LayerSparsity",
     "PolynomialDecay",
@@ -24,7 +39,11 @@ __all__ = [
     "ThresholdPruning",
     "UpdatePruningStep",
     "criteria",
+    "dependency_groups",
+    "iterative_shrink",
     "prune_low_magnitude",
+    "shrink",
     "sparsity_report",
     "strip_pruning",
+    "structured",
 ]

@@ -41,6 +41,26 @@ def _check_epochs_or_steps(name, values):
     return values
 
 
+def check_strength_schedule(api, strength, start_epoch, end_epoch):
+    """Checks a penalty's strength (a number >= 0 or a function epoch -> number)
+    and the epochs it runs in, `[start_epoch, end_epoch)`."""
+    if not callable(strength) and not (
+        isinstance(strength, (int, float)) and not isinstance(strength, bool)
+        and strength >= 0 and math.isfinite(strength)
+    ):
+        raise ValueError(
+            f"{api}: strength must be a number >= 0 or a function epoch -> number, got {strength!r}."
+        )
+    _check_epochs_or_steps("start_epoch", start_epoch)
+    if end_epoch is not None:
+        _check_epochs_or_steps("end_epoch", end_epoch)
+        if end_epoch <= start_epoch:
+            raise ValueError(
+                f"{api}: end_epoch must be greater than start_epoch, got "
+                f"start_epoch={start_epoch}, end_epoch={end_epoch}."
+            )
+
+
 class _StepTracking(keras.callbacks.Callback):
     """Keeps a Python copy of the wrappers' step, so the schedule is checked
     between batches without reading variables (which would stall each step).
@@ -319,21 +339,7 @@ class L1Regularization(keras.callbacks.Callback):
 
     def __init__(self, strength, start_epoch=0, end_epoch=None):
         super().__init__()
-        if not callable(strength) and not (
-            isinstance(strength, (int, float)) and strength >= 0 and math.isfinite(strength)
-        ):
-            raise ValueError(
-                f"L1Regularization: strength must be a number >= 0 or a function "
-                f"epoch -> number, got {strength!r}."
-            )
-        _check_epochs_or_steps("start_epoch", start_epoch)
-        if end_epoch is not None:
-            _check_epochs_or_steps("end_epoch", end_epoch)
-            if end_epoch <= start_epoch:
-                raise ValueError(
-                    f"L1Regularization: end_epoch must be greater than start_epoch, "
-                    f"got start_epoch={start_epoch}, end_epoch={end_epoch}."
-                )
+        check_strength_schedule("L1Regularization", strength, start_epoch, end_epoch)
         self.strength = strength
         self.start_epoch = start_epoch
         self.end_epoch = end_epoch
