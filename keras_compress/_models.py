@@ -46,7 +46,7 @@ def check_finite_weights(model, api):
     """
     for layer in walk_layers(model):
         for weight in layer.weights:
-            values = keras.ops.convert_to_numpy(weight)
+            values = weight.numpy()
             if values.dtype.kind == "f" and not np.isfinite(values).all():
                 bad = "NaN" if np.isnan(values).any() else "Inf"
                 raise ValueError(

@@ -6,6 +6,11 @@ import keras
 import numpy as np
 from keras import ops
 
+# Keras has no public name for it. Under a tf.distribute strategy, the trainer
+# expects compute_loss to return the loss divided by the replica count (Keras's
+# own losses do this inside) and divides it back for logging.
+from keras.src.losses.loss import scale_loss_for_distribution
+
 from keras_compress._models import check_finite_weights
 from keras_compress.distillation.losses import (
     feature_distillation_loss,
@@ -36,6 +41,18 @@ def _check_model(model, role):
 
 def _shape(tensor):
     return tuple(tensor.shape)
+
+
+def _batch_mean(fn, y_true, y_pred):
+    """`mean(fn(y_true, y_pred))` over this replica's part of the batch.
+
+    A `keras.losses.Loss` is called through its unreduced `call`: its
+    `__call__` already divides by the number of replicas, which
+    `Distiller.compute_loss` does once, for the total.
+    """
+    if isinstance(fn, keras.losses.Loss):
+        return ops.mean(fn.call(ops.cast(y_true, fn.dtype), ops.cast(y_pred, fn.dtype)))
+    return ops.mean(fn(y_true, y_pred))
 
 
 def _layer_output(model, name, role):
@@ -71,6 +88,10 @@ class Distiller(keras.Model):
     onto the teacher's. Adapters train with the student and are not part of
     it: `distiller.student` is a plain Keras model, ready for `strip_pruning`,
     QAT export or `to_tflite`.
+
+    Under a `tf.distribute` strategy (build the models and the distiller in
+    `strategy.scope()`), every term is averaged over the global batch, as on
+    one device.
 
     Several teachers can be given as a list; their logits are averaged.
     `cache_teacher` computes the teacher's outputs once over a dataset, so
@@ -142,6 +163,10 @@ class Distiller(keras.Model):
         self.hint_loss_tracker = keras.metrics.Mean(name="hint_loss") if hints else None
         self._student_features = None
         self._configure()
+        # Every variable (student, teachers, adapters) exists by now. Built,
+        # the distiller can be restored before its first step, as
+        # BackupAndRestore and load_weights require.
+        self.built = True
 
     # -- construction -------------------------------------------------------
 
@@ -235,8 +260,9 @@ class Distiller(keras.Model):
         Args:
             optimizer: the student's optimizer.
             metrics: metrics of the student's predictions against the labels.
-            student_loss_fn: loss of the student on the labels. Default
-                `SparseCategoricalCrossentropy(from_logits=True)`.
+            student_loss_fn: loss of the student on the labels, averaged
+                over the batch (a `keras.losses.Loss`'s `reduction` is not
+                used). Default `SparseCategoricalCrossentropy(from_logits=True)`.
             distillation_loss_fn: `None`, `"kl_divergence"` or
                 `keras.losses.KLDivergence()` (all the stable KL on log-softmax);
                 a `keras.distillation.LogitsDistillation` (its temperature is
@@ -296,6 +322,12 @@ class Distiller(keras.Model):
         self.hint_weight = hint_weight
         fn = distillation_loss_fn
         if isinstance(fn, keras.distillation.LogitsDistillation):
+            if isinstance(fn.loss, (list, tuple, dict)):
+                raise ValueError(
+                    "Distiller.compile: the distiller has one logits output, so a "
+                    "LogitsDistillation needs a single loss, got "
+                    f"loss={fn.loss!r}."
+                )
             # Its default, "kl_divergence", resolves to the plain function, which
             # its compute_loss then applies to clipped logits, not probabilities
             # (Keras 3.15): KL is computed here instead.
@@ -337,9 +369,11 @@ class Distiller(keras.Model):
             teacher_logits, teacher_features = cached["teacher_logits"], cached.get("teacher_features", [])
         teacher_logits = ops.stop_gradient(teacher_logits)
 
+        # Every term is a mean over this replica's batch; the total is scaled
+        # for distribution once, at the end.
         student_loss = ops.zeros(())
         if labels is not None and self.alpha > 0:
-            student_loss = ops.mean(self.student_loss_fn(labels, y_pred))
+            student_loss = _batch_mean(self.student_loss_fn, labels, y_pred)
         distillation_loss = self._distillation_loss(teacher_logits, y_pred)
         total = self.alpha * student_loss + (1 - self.alpha) * distillation_loss
         self.student_loss_tracker.update_state(student_loss)
@@ -353,13 +387,13 @@ class Distiller(keras.Model):
                 s = s if adapter is None else adapter(s)
                 t = ops.stop_gradient(t)
                 hint_loss = hint_loss + (
-                    feature_distillation_loss(t, s) if loss is None else ops.mean(loss(t, s))
+                    feature_distillation_loss(t, s) if loss is None else _batch_mean(loss, t, s)
                 )
             self.hint_loss_tracker.update_state(hint_loss)
             total = total + self.hint_weight * hint_loss
         for loss in self.student.losses:  # the student's own regularization (L1 pruning, ...)
             total = total + ops.cast(loss, total.dtype)
-        return total
+        return scale_loss_for_distribution(total)
 
     def _distillation_loss(self, teacher_logits, student_logits):
         if self.mode == "hard":
@@ -368,10 +402,12 @@ class Distiller(keras.Model):
         if fn is None:
             return response_distillation_loss(teacher_logits, student_logits, temperature)
         if isinstance(fn, keras.distillation.LogitsDistillation):
-            return fn.compute_loss(teacher_logits, student_logits)
+            # What its compute_loss does for one output, without the replica scaling.
+            t = ops.cast(teacher_logits, "float32") / fn.temperature
+            return _batch_mean(fn.loss, t, ops.cast(student_logits, "float32") / fn.temperature)
         soft_teacher = ops.softmax(ops.cast(teacher_logits, "float32") / temperature, axis=-1)
         soft_student = ops.softmax(ops.cast(student_logits, "float32") / temperature, axis=-1)
-        return ops.mean(fn(soft_teacher, soft_student)) * temperature**2
+        return _batch_mean(fn, soft_teacher, soft_student) * temperature**2
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         labels, _ = _split_targets(y)

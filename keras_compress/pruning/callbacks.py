@@ -67,11 +67,18 @@ class _StepTracking(keras.callbacks.Callback):
 
     The step is derived from the batch index `fit` passes to
     `on_train_batch_begin`, and settled against the wrappers' own count once
-    per epoch.
+    per epoch. The copy is only a cache: at each epoch start it is read again
+    from the wrappers' `pruning_step`, a variable saved with the model, so a
+    fit whose state was restored after `on_train_begin` (by
+    `BackupAndRestore`, in whatever order the callbacks come) goes on from
+    the restored step.
     """
 
     def on_train_begin(self, logs=None):
         self._wrappers = prune_wrappers(self.model, type(self).__name__)
+        self._read_step()
+
+    def _read_step(self):
         steps = {int(w.pruning_step.numpy()) for w in self._wrappers}
         self._step = self._epoch_start = max(steps)
         self._last_batch = None
@@ -83,8 +90,7 @@ class _StepTracking(keras.callbacks.Callback):
         return max(1, int(getattr(self.model, "steps_per_execution", 1) or 1))
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = self._step
-        self._last_batch = None
+        self._read_step()
 
     def on_train_batch_begin(self, batch, logs=None):
         self._step = self._epoch_start + batch
@@ -125,6 +131,10 @@ class UpdatePruningStep(_StepTracking):
     Unlike tfmot, it warns when the fit it runs in cannot reach a schedule's
     final sparsity (for example when `frequency` exceeds the steps run, or
     `end_step` lies beyond the last step).
+
+    The step is each wrapper's `pruning_step` variable, read at every epoch
+    start, so the schedule goes on from a state restored by
+    `keras.callbacks.BackupAndRestore`, whichever callback comes first.
 
     Example:
 
@@ -239,6 +249,11 @@ class ThresholdPruning(_StepTracking):
     This is the second half of L1-regularized pruning: train with
     `L1Regularization` to push weights towards zero, then threshold.
 
+    The masks and the step are variables of the wrappers, so a fit resumed by
+    `keras.callbacks.BackupAndRestore` prunes at the same `epochs` and
+    `steps` as one that was never interrupted. A resumed fit is still a new
+    fit: without `epochs` and `steps` it prunes again at its start.
+
     Args:
         threshold: absolute magnitude threshold (>= 0).
         relative_threshold: fraction of the largest magnitude in each tensor,
@@ -320,7 +335,9 @@ class L1Regularization(keras.callbacks.Callback):
     weights towards zero for a later `ThresholdPruning`. `lambda` is set at the
     start of each epoch, recorded in the logs (and History) as
     `l1_strength`, and reset to 0 when `fit` ends, so a later fit without this
-    callback trains without the penalty.
+    callback trains without the penalty. Being a function of the epoch index,
+    the strength picks up where it was when a fit is resumed by
+    `keras.callbacks.BackupAndRestore` (which restores the epoch).
 
     Args:
         strength: `lambda` (>= 0), or a function `epoch -> lambda`.

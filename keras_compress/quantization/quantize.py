@@ -10,7 +10,11 @@ from keras import layers as L
 from keras_compress import _models
 from keras_compress.pruning.prune import strip_pruning
 from keras_compress.pruning.wrapper import PruneWrapper
-from keras_compress.quantization.quantizers import ActivationQuantizer, check_ema_decay
+from keras_compress.quantization.quantizers import (
+    ActivationQuantizer,
+    check_ema_decay,
+    check_float32_policy,
+)
 from keras_compress.quantization.wrapper import (
     FUSABLE_ACTIVATIONS,
     QuantizeWrapper,
@@ -118,7 +122,10 @@ def quantize_model(model, *, preserve_sparsity=True, ema_decay=0.99):
 
     The result is a new Functional model (the input model is not modified);
     compile and fine-tune it, then convert it with
-    `kc.to_tflite(qat_model, quantization="int8")`.
+    `kc.to_tflite(qat_model, quantization="int8")`. It trains under
+    `tf.distribute` strategies (build it inside `strategy.scope()`), but not
+    in mixed precision: the global dtype policy and the model's layers must
+    be `"float32"`, or a `ValueError` says which is not.
 
     Args:
         model: a built Sequential or Functional model.
@@ -170,11 +177,19 @@ def quantize_apply(model, *, preserve_sparsity=True, ema_decay=0.99):
 def _check_model(model, api):
     _models.check_graph_model(model, api, "QuantizeWrapper on its layers")
     _models.check_finite_weights(model, api)
+    # The layers it adds take the global policy; the layers it copies keep theirs.
+    check_float32_policy(api, "the global dtype policy", keras.mixed_precision.global_policy())
     for layer in _models.walk_layers(model):
         if isinstance(layer, (QuantizeWrapper, ActivationQuantizer)):
             raise ValueError(
                 f"{api}: model '{model.name}' is already quantization-aware "
                 f"(layer '{layer.name}' is a {type(layer).__name__})."
+            )
+        if not isinstance(layer, L.InputLayer):
+            check_float32_policy(
+                api,
+                f"the dtype policy of layer '{layer.name}' of model '{model.name}'",
+                layer.dtype_policy,
             )
 
 

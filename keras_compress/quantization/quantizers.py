@@ -52,6 +52,55 @@ def fake_quant_weights(kernel, limit, axis=None):
     )
 
 
+def _global_min_max(x):
+    """The minimum and maximum of `x` over the whole batch.
+
+    Under a `tf.distribute` strategy each replica holds a slice of the batch,
+    and the learned range must be the one a single device learns from the
+    whole batch. Keras has no cross-replica reduction (its synchronized
+    BatchNormalization calls `tf.distribute` too), and `tf.distribute`
+    reduces only by sum and mean, so the replicas' extremes are gathered. A
+    replica with an empty slice contributes +inf / -inf, which drop out.
+    """
+    low, high = ops.min(x), ops.max(x)
+    if keras.backend.backend() != "tensorflow":
+        return low, high
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return low, high
+    extremes = ops.max(context.all_gather(ops.stack([-low, high])[None], axis=0), axis=0)
+    return -extremes[0], extremes[1]
+
+
+def check_float32_policy(where, subject, policy):
+    """Raises unless the dtype `policy` computes and stores float32.
+
+    Quantization-aware training simulates int8 inference on float32 values.
+    Under `mixed_float16` or `mixed_bfloat16` every fake-quantized value is
+    rounded again to 16 bits between layers, so training no longer sees what
+    the int8 model computes, and the TFLite converter cannot turn the casts
+    around the fake quantization into int8 ops.
+
+    Args:
+        where: the caller, for the message.
+        subject: what has the policy ("the global dtype policy", "layer 'x'").
+        policy: a `keras.DTypePolicy`.
+    """
+    if policy.compute_dtype == "float32" and policy.variable_dtype == "float32":
+        return
+    raise ValueError(
+        f"{where}: quantization-aware training needs the 'float32' dtype policy, but "
+        f"{subject} is '{policy.name}'. Fake quantization simulates int8 inference on "
+        "float32 values, which float16 and bfloat16 compute cannot reproduce, and the "
+        "TFLite converter cannot make int8 ops of it. Call "
+        "keras.mixed_precision.set_global_policy('float32') and build the model under "
+        "it (a model trained in mixed precision passes its weights on with "
+        "get_weights() and set_weights())."
+    )
+
+
 def check_ema_decay(where, ema_decay):
     """Raises unless `ema_decay` is a number in [0, 1); `where` names the caller."""
     if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not (
@@ -69,6 +118,11 @@ class ActivationQuantizer(keras.layers.Layer):
     batch sets it outright); in inference the stored range is used. The range
     always contains 0 so that zero padding and ReLU zeros are exact. Before
     any training it is [-6, 6], as in tfmot.
+
+    Under a `tf.distribute` strategy the range follows the whole global
+    batch's minimum and maximum, as on one device, not each replica's slice.
+    Like all quantization-aware training, it needs the `"float32"` dtype
+    policy; under a mixed-precision policy it raises a `ValueError`.
 
     Outputs whose range is known in advance take a `fixed_range` instead:
     TFLite's int8 softmax and logistic write `[0, 255/256]` and its tanh
@@ -92,6 +146,9 @@ class ActivationQuantizer(keras.layers.Layer):
 
     def __init__(self, ema_decay=0.99, num_bits=8, fixed_range=None, **kwargs):
         super().__init__(**kwargs)
+        check_float32_policy(
+            "ActivationQuantizer", f"the dtype policy of layer '{self.name}'", self.dtype_policy
+        )
         if fixed_range is not None:
             try:
                 low, high = (float(v) for v in fixed_range)
@@ -119,7 +176,8 @@ class ActivationQuantizer(keras.layers.Layer):
         if self.fixed_range is not None:
             super().build(input_shape)
             return
-        # Averaged across replicas under a distribution strategy; the update
+        # Every replica computes the same range (from the whole batch's
+        # extremes), so averaging them across replicas keeps it; the update
         # counter is kept from the first replica only.
         def scalar(name, value, dtype="float32", aggregation="mean"):
             return self.add_weight(
@@ -146,7 +204,7 @@ class ActivationQuantizer(keras.layers.Layer):
             x = ops.stop_gradient(ops.cast(inputs, "float32"))
             first = ops.equal(self.updates, 0)
             decay = self.ema_decay
-            batch_low, batch_high = ops.min(x), ops.max(x)
+            batch_low, batch_high = _global_min_max(x)
             low = ops.where(first, batch_low, decay * low + (1 - decay) * batch_low)
             high = ops.where(first, batch_high, decay * high + (1 - decay) * batch_high)
             self.range_min.assign(low)

@@ -5,7 +5,11 @@ import keras
 from keras import layers as L
 from keras import ops
 
-from keras_compress.quantization.quantizers import fake_quant_weights, weight_range
+from keras_compress.quantization.quantizers import (
+    check_float32_policy,
+    fake_quant_weights,
+    weight_range,
+)
 
 # Layers whose kernel is fake-quantized, with the kernel axis that gets its own
 # int8 range (`None`: one range per tensor) and the kernel axes that hold the
@@ -150,6 +154,10 @@ class QuantizeWrapper(L.Wrapper):
             )
         kwargs.setdefault("name", f"quant_{layer.name}")
         super().__init__(layer, **kwargs)
+        for owner in (self, layer):
+            check_float32_policy(
+                "QuantizeWrapper", f"the dtype policy of layer '{owner.name}'", owner.dtype_policy
+            )
         self.batch_norm = batch_norm
         self.activation = activation
         self.preserve_sparsity = preserve_sparsity
