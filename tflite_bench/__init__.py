@@ -7,6 +7,7 @@ record.p50_ms, record.bytes, record.gzip_bytes, record.accuracy
 ```
 """
 
+from tflite_bench import report
 from tflite_bench.android import device_record, parse_benchmark_model_output, run_on_device
 from tflite_bench.latency import measure_latency
 from tflite_bench.record import BenchmarkRecord, benchmark_model
@@ -19,5 +20,6 @@ __all__ = [
     "device_record",
     "measure_latency",
     "parse_benchmark_model_output",
+    "report",
     "run_on_device",
 ]

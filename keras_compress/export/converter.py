@@ -1,5 +1,7 @@
 """`to_tflite`: the package's one Keras -> TFLite conversion entry point."""
 
+import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -104,7 +106,7 @@ def to_tflite(
             model, quantization, representative_data, calibration_steps
         )
 
-    with tempfile.TemporaryDirectory() as saved_model:
+    with tempfile.TemporaryDirectory() as saved_model, _quiet_tensorflow_logger():
         _export_saved_model(model, saved_model, batch_size)
         flatbuffer = _convert(
             saved_model, quantization, calibration, batch_size, int8_io, _wants_sparse(model, sparse)
@@ -295,6 +297,19 @@ def _export_saved_model(model, directory, batch_size):
     archive.track(model)
     archive.add_endpoint("serve", serve, input_signature=specs)
     archive.write_out(directory, verbose=False)
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow_logger():
+    """Hides TensorFlow's INFO lines ("Assets written to ...") during the
+    export; they show in notebooks, where its Python logger runs at INFO."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _convert(saved_model, quantization, calibration, batch_size, int8_io, sparse):
