@@ -53,6 +53,19 @@ def test_sparse_auto_encodes_pruned_weights_and_shrinks_the_file():
     np.testing.assert_allclose(predict_tflite(auto, x), predict_tflite(dense, x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("sparsity, encoded", [(0.5, False), (0.9, True)])
+def test_sparse_auto_keeps_the_smaller_int8_file(sparsity, encoded):
+    """int8 weights take 1 byte, so the encoding's indices outweigh what half
+    zeros save: "auto" keeps the dense file there, and the sparse one at 90%."""
+    model = pruned_mlp(sparsity)
+    x = np.random.default_rng(0).normal(size=(32, 64)).astype("float32")
+    files = {mode: to_tflite(model, quantization="int8", representative_data=x, sparse=mode)
+             for mode in ("auto", True, False)}
+    assert len(files["auto"]) == min(len(files[True]), len(files[False]))
+    assert (len(files[True]) < len(files[False])) == encoded
+    assert bool(sparse_tensors(files["auto"])) == encoded
+
+
 def test_sparse_auto_leaves_a_dense_model_alone():
     model = small_cnn()
     assert to_tflite(model) == to_tflite(model, sparse=False)

@@ -12,7 +12,7 @@ import numpy as np
 from keras_compress._models import check_finite_weights, walk_layers
 
 # The converter skips tensors below this fraction of zeros (its own
-# minimum for sparse encoding), so "auto" asks for the encoding only when some
+# minimum for sparse encoding), so "auto" tries the encoding only when some
 # weight tensor is at least this sparse.
 SPARSE_AUTO_MIN_SPARSITY = 0.3
 
@@ -82,10 +82,13 @@ def to_tflite(
             and outputs int8 as well (their scale and zero point are in the
             file, see `inspect_tflite`), as integer-only accelerators need.
             `predict_tflite` quantizes and dequantizes for you.
-        sparse: `"auto"` (default) uses the converter's sparse weight encoding
-            when some weight tensor of rank >= 2 is at least 30% zeros (a pruned
-            model), so pruning shrinks the file without a flag; `True` always
-            asks for it; `False` never does.
+        sparse: `"auto"` (default): when some weight tensor of rank >= 2 is
+            at least 30% zeros (a pruned model), converts with and without the
+            converter's sparse weight encoding and keeps the smaller file, so
+            pruning shrinks the file without a flag and never grows it (the
+            encoding's indices cost more than they save on int8 weights below
+            about 70% zeros); `True` always asks for the encoding; `False`
+            never does.
         batch_size: the batch dimension of the converted inputs. Default 1,
             the usual on-device shape; `None` keeps it dynamic.
 
@@ -108,8 +111,10 @@ def to_tflite(
 
     with tempfile.TemporaryDirectory() as saved_model, _quiet_tensorflow_logger():
         _export_saved_model(model, saved_model, batch_size)
-        flatbuffer = _convert(
-            saved_model, quantization, calibration, batch_size, int8_io, _wants_sparse(model, sparse)
+        encodings = [True, False] if sparse == "auto" and _has_sparse_weights(model) else [sparse is True]
+        flatbuffer = min(
+            (_convert(saved_model, quantization, calibration, batch_size, int8_io, e) for e in encodings),
+            key=len,
         )
 
     if output is not None:
@@ -355,10 +360,6 @@ def _representative_dataset(samples, batch_size):
             yield [np.resize(batch, (size, *batch.shape[1:]))]
 
     return batches
-
-
-def _wants_sparse(model, sparse):
-    return sparse is True or (sparse == "auto" and _has_sparse_weights(model))
 
 
 def _input_name(tensor, index):
