@@ -516,8 +516,8 @@ def test_group_lasso_zeroes_whole_units_then_shrink_is_exact():
         model.get_layer(name).set_weights(w)
     x, y = images(32), np.arange(32) % 3
     history = model.fit(x, y, batch_size=8, epochs=2, verbose=0,
-                        callbacks=[GroupLasso(2.0, end_epoch=2, layers=["stem", "side"])])
-    assert history.history["group_lasso_strength"] == [2.0, 2.0]
+                        callbacks=[GroupLasso(0.25, end_epoch=2, layers=["stem", "side"])])
+    assert history.history["group_lasso_strength"] == [0.25, 0.25]
     # A unit is zero in every tensor of its group: kernels, biases, BN gamma and beta.
     for name in ("stem", "branch", "project"):
         kernel, bias = model.get_layer(name).get_weights()
@@ -533,6 +533,35 @@ def test_group_lasso_zeroes_whole_units_then_shrink_is_exact():
     assert np.all(np.abs(value(model.get_layer("mix").kernel)).sum(axis=(0, 1, 2)) > 0)  # not penalized
     small = shrink(model, {"stem": 2 / 6, "side": len(side_dead) / 4})
     np.testing.assert_allclose(value(small(x)), value(model(x)), atol=1e-5)
+
+
+def test_group_lasso_step_is_the_weighted_proximal_step_by_hand():
+    """One step on Dense(3) -> Dense(2): unit j of the first layer is its
+    kernel column (4 weights) and its bias, so p = 5 and the step is
+    w * max(0, 1 - lr * lambda * sqrt(5) / ||w||); the output layer's units
+    are not prunable and its kernel is left alone."""
+    keras.backend.clear_session()
+    model = keras.Sequential([keras.Input((4,)), L.Dense(3, name="hidden"), L.Dense(2, name="out")])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    rng = np.random.default_rng(0)
+    kernel, bias, head = rng.normal(size=(4, 3)), rng.normal(size=3), rng.normal(size=(3, 2))
+    kernel[:, 2] *= 0.01  # a weak unit, below the threshold
+    bias[2] *= 0.01
+    model.get_layer("hidden").set_weights([kernel, bias])
+    model.get_layer("out").set_weights([head, np.zeros(2)])
+    callback = GroupLasso(0.5)
+    callback.set_model(model)
+    callback.on_train_begin()
+    callback.on_epoch_begin(0)
+    callback.on_train_batch_end(0)
+    threshold = 0.1 * 0.5 * np.sqrt(5)
+    norms = np.sqrt((kernel**2).sum(0) + bias**2)
+    factor = np.maximum(0.0, 1 - threshold / norms)
+    assert factor[2] == 0 and factor[:2].min() > 0
+    new_kernel, new_bias = model.get_layer("hidden").get_weights()
+    np.testing.assert_allclose(new_kernel, kernel * factor, rtol=1e-5)
+    np.testing.assert_allclose(new_bias, bias * factor, rtol=1e-5)
+    np.testing.assert_allclose(model.get_layer("out").get_weights()[0], head, rtol=1e-6)
 
 
 def test_group_lasso_errors():

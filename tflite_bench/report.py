@@ -112,7 +112,7 @@ def plot_tradeoffs(records, folder):
         axes.grid(alpha=0.3)
         figure.tight_layout()
         path = os.path.join(folder, filename)
-        figure.savefig(path, dpi=120)
+        figure.savefig(path, dpi=100)
         plt.close(figure)
         paths.append(path)
     return paths

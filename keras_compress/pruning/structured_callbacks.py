@@ -19,13 +19,17 @@ class GroupLasso(keras.callbacks.Callback):
     A unit's weights form one group: its kernel slice and bias in the layer
     that makes it, its gamma and beta in the BatchNormalization after it, its
     DepthwiseConv slice, and the same for every unit tied to it in a
-    dependency group (residual Adds). After each training batch, each group
-    takes the proximal step of the penalty `lambda * ||w_g||_2`:
+    dependency group (residual Adds). After each training batch, each group takes the proximal
+    step of the group-lasso penalty `lambda * sqrt(p_g) * ||w_g||_2` (Yuan &
+    Lin, 2006), `p_g` being the number of weights in the group:
 
-    `w_g <- w_g * max(0, 1 - lr * lambda / ||w_g||_2)`
+    `w_g <- w_g * max(0, 1 - lr * lambda * sqrt(p_g) / ||w_g||_2)`
 
-    with `lr` the optimizer's current learning rate. Groups whose norm falls
-    below `lr * lambda` become exactly zero, and `shrink` then removes them
+    with `lr` the optimizer's current learning rate. The `sqrt(p_g)` weight
+    makes one `lambda` fit every layer: a group's norm grows as `sqrt(p_g)`,
+    so without it the small groups of a first convolution would vanish long
+    before the large ones of a Dense layer. Groups whose norm falls below
+    `lr * lambda * sqrt(p_g)` become exactly zero, and `shrink` then removes them
     without changing the model's outputs. `lambda` is set at the start of each
     epoch and recorded in the logs (and History) as `group_lasso_strength`,
     with the number of all-zero units as `group_lasso_zero_units`. Once the
@@ -44,7 +48,7 @@ class GroupLasso(keras.callbacks.Callback):
     Example:
 
     ```python
-    model.fit(x, y, epochs=4, callbacks=[kc.pruning.GroupLasso(0.5)])
+    model.fit(x, y, epochs=4, callbacks=[kc.pruning.GroupLasso(0.1)])
     small = kc.pruning.shrink(model, 0.5)  # the zeroed units rank lowest
     small.fit(x, y, epochs=2)              # compiled like model
     ```
@@ -153,6 +157,16 @@ class GroupLasso(keras.callbacks.Callback):
                 "prune; see kc.pruning.dependency_groups(model) for the reasons."
             )
         self._members, self._units = self._group_members(analysis, groups)
+        self._root_sizes = self._group_root_sizes()
+
+    def _group_root_sizes(self):
+        """`sqrt(p_g)` per unit: the square root of its group's weight count."""
+        sizes = ops.zeros((self._units + 1,))
+        for w, axis, index in self._members:
+            per_position = float(np.prod(w.shape)) / len(index)
+            ones = ops.full((len(index),), per_position)
+            sizes = sizes + ops.segment_sum(ones, index, num_segments=self._units + 1)
+        return ops.sqrt(sizes)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._value = self.strength_at(epoch)
@@ -169,7 +183,7 @@ class GroupLasso(keras.callbacks.Callback):
             return
         lr = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
         steps = max(1, int(getattr(self.model, "steps_per_execution", 1) or 1))
-        threshold = lr * self._value * steps
+        threshold = lr * self._value * steps * self._root_sizes
         norms = self._norms()
         factor = ops.where(norms > threshold, 1.0 - threshold / ops.maximum(norms, 1e-30), 0.0)
         factor = ops.concatenate([factor[:-1], ops.ones((1,))])  # the untouched positions
