@@ -162,16 +162,18 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
     qat = compile_classifier(quantize_model(baseline))
     qat.fit(**{**fit, "epochs": qat_epochs})
 
-    _status(f"5/{stages} distilling the baseline into a 25k-parameter student "
+    _status(f"5/{stages} structured pruning: removing {STRUCTURED_AMOUNT:.0%} of the filters and units "
+            f"(smallest L1 norm), then {epochs} epochs of fine-tuning")
+    shrunk = compile_classifier(pruning.shrink(baseline, STRUCTURED_AMOUNT, criterion="l1"))
+    shrunk.fit(**fit)
+
+    # Last of the stages that train the baseline's copies: the Distiller freezes
+    # its teacher (baseline.trainable becomes False).
+    _status(f"6/{stages} distilling the baseline into a 25k-parameter student "
             f"({2 * epochs} epochs, teacher outputs cached)")
     distiller = Distiller(student=build_student(), teacher=baseline)
     distiller.compile(optimizer="adam", metrics=["accuracy"], alpha=0.5, mode="hard")
     distiller.fit(*distiller.cache_teacher(x_train, y_train), batch_size=32, epochs=2 * epochs, verbose=2)
-
-    _status(f"6/{stages} structured pruning: removing {STRUCTURED_AMOUNT:.0%} of the filters and units "
-            f"(smallest L1 norm), then {epochs} epochs of fine-tuning")
-    shrunk = compile_classifier(pruning.shrink(baseline, STRUCTURED_AMOUNT, criterion="l1"))
-    shrunk.fit(**fit)
 
     calibration = {"representative_data": x_train, "calibration_steps": 200}
     variants = {

@@ -67,6 +67,8 @@ def test_demo_quick_writes_a_consistent_report(tmp_path):
     assert by_name["structured_50_float"]["bytes"] < 0.35 * by_name["baseline_float"]["bytes"]
     assert by_name["structured_50_float"]["sparsity"] < 0.05
     assert by_name["structured_50_int8"]["int8_compute_fraction"] == 1.0
+    # Fine-tuned after shrink (a frozen copy stayed at its post-shrink accuracy).
+    assert by_name["structured_50_float"]["accuracy"] >= by_name["baseline_float"]["accuracy"] - 0.03
     if with_tfmot:  # the peer's rows are measured the same way and are comparable
         assert by_name["tfmot_pruned_sparse_float"]["sparsity"] == pytest.approx(0.8, abs=0.01)
         assert by_name["tfmot_qat_int8"]["int8_compute_fraction"] == 1.0
