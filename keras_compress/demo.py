@@ -92,23 +92,36 @@ def check_tfmot_installed():
                          "pip install 'keras-compress[tfmot]'.")
 
 
-def run_tfmot_peer(out, data, epochs, seed):
-    """Runs `keras_compress/tfmot_peer.py` in its own process (tfmot needs
-    TF_USE_LEGACY_KERAS for the whole process); returns its RESULT."""
+def run_peer_script(script, data, arguments, show_progress=False):
+    """Runs a peer script (tfmot, in its own process: it needs
+    TF_USE_LEGACY_KERAS for the whole process) on `data`, `((x, y), (x, y))`
+    arrays handed over as an .npz (`--data`), with extra command-line
+    `arguments`; returns the JSON of its last `RESULT ` line.
+
+    With `show_progress`, the script's stderr (its progress lines) passes
+    through; otherwise it is kept for the error message.
+    """
     (x_train, y_train), (x_test, y_test) = data
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tfmot_peer.py")
     with tempfile.TemporaryDirectory() as tmp:
         split = os.path.join(tmp, "split.npz")
         np.savez(split, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-        # stderr passes through: the peer's progress lines show as it runs.
         done = subprocess.run(
-            [sys.executable, script, "--data", split, "--out", out, "--epochs", str(epochs), "--seed", str(seed)],
-            stdout=subprocess.PIPE, text=True, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"},
+            [sys.executable, script, "--data", split, *map(str, arguments)],
+            stdout=subprocess.PIPE, stderr=None if show_progress else subprocess.PIPE, text=True,
+            env={**os.environ, "TF_USE_LEGACY_KERAS": "1"},
         )
     results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not results:
-        raise RuntimeError(f"the tfmot peer failed (exit code {done.returncode}); its messages are above.")
+        messages = "its messages are above." if show_progress else f"its last messages:\n{done.stderr[-3000:]}"
+        raise RuntimeError(f"{os.path.basename(script)} failed (exit code {done.returncode}); {messages}")
     return json.loads(results[-1][len("RESULT "):])
+
+
+def run_tfmot_peer(out, data, epochs, seed):
+    """Runs `keras_compress/tfmot_peer.py`, showing its progress; returns its RESULT."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tfmot_peer.py")
+    arguments = ["--out", out, "--epochs", epochs, "--seed", seed]
+    return run_peer_script(script, data, arguments, show_progress=True)
 
 
 def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0, with_tfmot=False):
