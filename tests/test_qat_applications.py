@@ -12,6 +12,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from architectures import recalibrate_batch_norms
 
 import keras_compress as kc
 from keras_compress.quantization import quantize_model
@@ -21,29 +22,13 @@ if os.environ.get("KC_ALL_APPLICATIONS") == "1":
     APPLICATIONS += ["ResNet50", "EfficientNetB0"]
 
 
-def calibrate_batch_norms(model, x):
-    """Sets every BatchNormalization's moving statistics from one batch.
-
-    `weights=None` models have statistics (mean 0, variance 1) that do not match
-    their activations, which then shrink layer after layer towards 0. A
-    trained model's statistics match; one batch of recalibration imitates that.
-    """
-    norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
-    momenta = [l.momentum for l in norms]
-    for layer in norms:
-        layer.momentum = 0.0
-    model(x, training=True)
-    for layer, momentum in zip(norms, momenta):
-        layer.momentum = momentum
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", APPLICATIONS)
 def test_application_quantizes_to_an_all_int8_tflite(name):
     keras.utils.set_random_seed(0)
     model = getattr(keras.applications, name)(weights=None, input_shape=(96, 96, 3), classes=10)
     x = np.random.default_rng(0).uniform(0, 255, (8, 96, 96, 3)).astype("float32")
-    calibrate_batch_norms(model, x)
+    recalibrate_batch_norms(model, x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every layer has an int8 rule: no "stays float" warning
         qat = quantize_model(model)
