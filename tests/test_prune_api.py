@@ -80,7 +80,7 @@ def test_clone_wraps_prunable_layers_with_identical_outputs(make, x, expected):
 def test_unprunable_layers_with_weights_are_listed_in_the_log(caplog):
     with caplog.at_level(logging.INFO, logger="keras_compress"):
         prune_low_magnitude(functional_residual())
-    assert "bn (BatchNormalization)" in caplog.text
+    assert "'bn' (BatchNormalization)" in caplog.text
     assert "wrapped 3 layers: stem, branch, head" in caplog.text
 
 
@@ -115,7 +115,7 @@ def test_layer_and_list_input_wrap_in_place():
     "kwargs, error, match",
     [
         (dict(layers="nope"), ValueError, "layers names 'nope', which is not a layer of model 'cnn'. Its layers are: conv_a, conv_b, dense_a"),
-        (dict(layers="flatten"), ValueError, "cannot prune layer 'flatten' \\(Flatten\\) has no pruning rule"),
+        (dict(layers="flatten"), ValueError, "cannot prune layer 'flatten' \\(Flatten\\): it has no pruning rule"),
         (dict(layers=[L.BatchNormalization]), ValueError, "found nothing to prune"),
         (dict(layers=[L.MaxPooling2D]), ValueError, "cannot prune layer 'pool'"),
         (dict(layers=[3]), TypeError, "got item 3"),

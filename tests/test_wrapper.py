@@ -206,7 +206,7 @@ def test_strip_single_wrapper_gives_the_masked_inner_layer():
 @pytest.mark.parametrize(
     "make, error, match",
     [
-        (lambda: PruneWrapper(L.BatchNormalization(name="bn")), ValueError, "layer 'bn' \\(BatchNormalization\\) has no pruning rule. Prunable types: Dense"),
+        (lambda: PruneWrapper(L.BatchNormalization(name="bn")), ValueError, "cannot wrap layer 'bn' \\(BatchNormalization\\): it has no pruning rule. Prunable types: Dense"),
         (lambda: PruneWrapper("dense"), TypeError, "expects a keras layer"),
         (lambda: PruneWrapper(PruneWrapper(L.Dense(2, name="d"))), ValueError, "already a PruneWrapper"),
         (lambda: PruneWrapper(L.Dense(2, name="d"), pruning_schedule=0.5), TypeError, "layer 'd': pruning_schedule must be a PruningSchedule"),

@@ -1,6 +1,7 @@
 """Model-level pruning API: `prune_low_magnitude` and `strip_pruning`."""
 
 import logging
+import warnings
 
 import keras
 from keras import ops
@@ -11,6 +12,9 @@ from keras_compress.pruning.wrapper import (
     SUPPORTED_LAYER_NAMES,
     PruneWrapper,
     check_options,
+    describe,
+    prunable_sublayers,
+    prunable_weights,
     why_not_prunable,
 )
 
@@ -27,16 +31,24 @@ def prune_low_magnitude(
     layers=None,
     global_pruning=False,
     prune_bias=False,
+    include_frozen=False,
 ):
     """Wraps the prunable layers of a model (or one layer) in `PruneWrapper`.
 
     A model is cloned: the returned model has the same weights and, before any
     pruning step, the same outputs; the model passed in is not modified.
-    Sequential, Functional and nested models are supported. Layers without a
-    pruning rule (BatchNormalization, pooling, ...) are kept as they are; when
-    no `layers` selection is given, those holding weights are listed in a
-    warning. Pruning then happens during `fit` with the `UpdatePruningStep`
-    callback (schedules) or `ThresholdPruning`.
+    Sequential, Functional and nested models are supported. Layers built
+    from prunable layers are pruned through them: the query, key, value and
+    output projections of a `MultiHeadAttention`, the kernel and recurrent
+    kernel of an `LSTM`, `GRU` or `SimpleRNN` (also inside `Bidirectional`).
+    Layers without a pruning rule (BatchNormalization, pooling, ...) are kept
+    as they are; when no `layers` selection is given, those holding weights
+    are listed in a warning. Frozen layers (`trainable=False`, such as a
+    pretrained backbone) are left unpruned, with a warning naming them,
+    unless `include_frozen=True`: training cannot move their weights, so
+    their pruned weights could not be compensated. Pruning then happens
+    during `fit` with the `UpdatePruningStep` callback (schedules) or
+    `ThresholdPruning`.
 
     Args:
         to_prune: a Sequential or Functional `keras.Model`, a layer, or a list
@@ -48,12 +60,17 @@ def prune_low_magnitude(
         layers: which layers of a model to prune. `None` (default) prunes
             every prunable layer. Otherwise a layer name, a layer class, a
             list of names and classes, or a predicate `fn(layer) -> bool`
-            called on each prunable layer. A name that does not exist, or a
-            named layer or class that cannot be pruned, raises `ValueError`.
+            called on each prunable layer. A class also selects the layers
+            built from it (`keras.layers.EinsumDense` selects every
+            `MultiHeadAttention`). A name that does not exist, or a named
+            layer or class that cannot be pruned, raises `ValueError`.
         global_pruning: rank the weights of all wrapped layers together (one
             magnitude threshold for the model) instead of pruning each layer
             to the scheduled sparsity.
         prune_bias: also mask biases. Default False.
+        include_frozen: also prune layers with `trainable=False`. Default
+            False: they are skipped with a warning, and naming one in
+            `layers` raises `ValueError`.
 
     Returns:
         The pruned model (a clone), or the wrapper(s) for layer input.
@@ -82,11 +99,17 @@ def prune_low_magnitude(
     _models.check_graph_model(to_prune, "prune_low_magnitude", _LAYER_API)
     _models.check_finite_weights(to_prune, "prune_low_magnitude")
     check_options("prune_low_magnitude", **options)
-    selected = _select_layers(to_prune, layers)
+    if not isinstance(include_frozen, bool):
+        raise TypeError(
+            f"prune_low_magnitude: include_frozen must be True or False, got {include_frozen!r}."
+        )
+    selected = _select_layers(to_prune, layers, include_frozen)
     if not selected:
         raise ValueError(
             f"prune_low_magnitude found nothing to prune in model '{to_prune.name}' "
-            f"with layers={layers!r}. Prunable types: {SUPPORTED_LAYER_NAMES}."
+            f"with layers={layers!r}"
+            + ("" if include_frozen else " (frozen layers skipped; see include_frozen)")
+            + f". Prunable types: {SUPPORTED_LAYER_NAMES}."
         )
 
     def transform(layer):
@@ -102,7 +125,7 @@ def prune_low_magnitude(
     return pruned
 
 
-def _select_layers(model, layers):
+def _select_layers(model, layers, include_frozen):
     """Ids of the layers to wrap; raises on an invalid selection."""
     all_layers = list(_models.walk_layers(model))
     prunable = [l for l in all_layers if why_not_prunable(l) is None]
@@ -116,16 +139,34 @@ def _select_layers(model, layers):
             logger.warning(
                 "prune_low_magnitude leaves these layers unpruned (no pruning "
                 "rule for their type): %s",
-                ", ".join(f"{l.name} ({type(l).__name__})" for l in skipped),
+                _names(skipped),
             )
-        return {id(l) for l in prunable}
-    if callable(layers) and not isinstance(layers, type):
-        return {id(l) for l in prunable if layers(l)}
+        chosen = prunable
+    elif callable(layers) and not isinstance(layers, type):
+        chosen = [l for l in prunable if layers(l)]
+    else:
+        chosen = _named_or_typed(model, layers, all_layers, include_frozen)
+    frozen = [l for l in chosen if _is_frozen(l)]
+    if frozen and not include_frozen:
+        warnings.warn(
+            f"prune_low_magnitude leaves {len(frozen)} frozen (trainable=False) "
+            f"layer(s) of model '{model.name}' unpruned: {_names(frozen)}. Training "
+            "cannot move their weights, so pruning them would only lose accuracy. "
+            "Pass include_frozen=True to prune them too.",
+            stacklevel=3,
+        )
+        chosen = [l for l in chosen if not _is_frozen(l)]
+    return {id(l) for l in chosen}
+
+
+def _named_or_typed(model, layers, all_layers, include_frozen):
+    """The layers a list of names and classes selects. A class also selects
+    the layers built from it (EinsumDense selects a MultiHeadAttention)."""
     items = [layers] if isinstance(layers, (str, type)) else list(layers)
-    selected = set()
     by_name = {}
     for l in all_layers:
         by_name.setdefault(l.name, []).append(l)
+    chosen = []
     for item in items:
         if isinstance(item, str):
             if item not in by_name:
@@ -136,7 +177,12 @@ def _select_layers(model, layers):
                 )
             matches = by_name[item]
         elif isinstance(item, type) and issubclass(item, keras.layers.Layer):
-            matches = [l for l in all_layers if isinstance(l, item)]
+            matches = [
+                l for l in all_layers
+                if isinstance(l, item)
+                or (why_not_prunable(l) is None
+                    and any(isinstance(s, item) for s in prunable_sublayers(l)))
+            ]
         else:
             raise TypeError(
                 "prune_low_magnitude: layers must be None, a layer name, a layer "
@@ -145,9 +191,27 @@ def _select_layers(model, layers):
         for l in matches:
             reason = why_not_prunable(l)
             if reason:
-                raise ValueError(f"prune_low_magnitude cannot prune {reason}")
-            selected.add(id(l))
-    return selected
+                raise ValueError(f"prune_low_magnitude cannot prune layer {describe(l)}: {reason}.")
+            if isinstance(item, str) and _is_frozen(l) and not include_frozen:
+                raise ValueError(
+                    f"prune_low_magnitude: layer {describe(l)} named in layers is "
+                    "frozen (trainable=False), so training cannot recover from "
+                    "pruning it. Pass include_frozen=True to prune it anyway, or "
+                    "set its trainable to True."
+                )
+            if l not in chosen:
+                chosen.append(l)
+    return chosen
+
+
+def _is_frozen(layer):
+    """Whether training cannot change `layer`'s prunable weights."""
+    return not layer.trainable or not any(w.trainable for w in prunable_weights(layer))
+
+
+def _names(layers, limit=8):
+    names = ", ".join(describe(l) for l in layers[:limit])
+    return names + (f" and {len(layers) - limit} more" if len(layers) > limit else "")
 
 
 def strip_pruning(model):

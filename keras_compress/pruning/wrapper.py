@@ -8,7 +8,11 @@ from keras_compress.pruning import schedules as schedules_lib
 
 # Which weights of which layer types are pruned. Bias is added on request.
 # A layer outside this table can still be pruned if it implements
-# `get_prunable_weights()`, returning the variables to prune (tfmot's protocol).
+# `get_prunable_weights()`, returning the variables to prune (tfmot's protocol),
+# or if it owns sub-layers that are in the table: MultiHeadAttention (its
+# query/key/value/output EinsumDense kernels), LSTM / GRU / SimpleRNN (their
+# cell's kernel and recurrent kernel), Bidirectional, TimeDistributed, and any
+# custom layer built from such layers.
 PRUNABLE_WEIGHTS = (
     ((L.Dense, L.EinsumDense), ("kernel",)),
     ((L.Conv1D, L.Conv2D, L.Conv3D), ("kernel",)),
@@ -16,11 +20,14 @@ PRUNABLE_WEIGHTS = (
     ((L.DepthwiseConv1D, L.DepthwiseConv2D), ("kernel",)),  # Keras 3 names it "kernel"
     ((L.SeparableConv1D, L.SeparableConv2D), ("depthwise_kernel", "pointwise_kernel")),
     ((L.Embedding,), ("embeddings",)),
+    ((L.LSTMCell, L.GRUCell, L.SimpleRNNCell), ("kernel", "recurrent_kernel")),
 )
 
-SUPPORTED_LAYER_NAMES = ", ".join(
-    cls.__name__ for classes, _ in PRUNABLE_WEIGHTS for cls in classes
-) + ", or any layer with get_prunable_weights()"
+SUPPORTED_LAYER_NAMES = (
+    ", ".join(cls.__name__ for classes, _ in PRUNABLE_WEIGHTS for cls in classes)
+    + ", layers built from those (MultiHeadAttention, LSTM, GRU, SimpleRNN, "
+    "Bidirectional, TimeDistributed, ...), or any layer with get_prunable_weights()"
+)
 
 
 def _rule_for(layer):
@@ -30,34 +37,65 @@ def _rule_for(layer):
     return None
 
 
+# Containers that create their prunable sub-layers only in build(): an
+# unbuilt one is accepted, and checked once built.
+_SUBLAYERS_AT_BUILD = (L.MultiHeadAttention,)
+
+
+def _has_own_rule(layer):
+    return _rule_for(layer) is not None or hasattr(layer, "get_prunable_weights")
+
+
+def prunable_sublayers(layer):
+    """The sub-layers of `layer` whose weights pruning masks when `layer` is
+    wrapped: `[layer]` for a layer with a rule of its own, else the nested
+    layers that have one (the EinsumDense projections of a
+    MultiHeadAttention, the cell of an LSTM), outermost first."""
+    if _has_own_rule(layer):
+        return [layer]
+    found = []
+    for sub in layer._flatten_layers(include_self=False, recursive=True):
+        # A sub-layer with a rule is pruned whole; its own sub-layers are not
+        # visited again (they are its business, as for the outer layer).
+        if _has_own_rule(sub) and not any(sub in f._flatten_layers() for f in found):
+            found.append(sub)
+    return found
+
+
 def why_not_prunable(layer):
-    """`None` if `layer` can be pruned, else the reason as a sentence."""
+    """`None` if `layer` can be pruned, else the reason, a clause that reads
+    after "cannot prune layer 'name' (Type): "."""
     if isinstance(layer, PruneWrapper):
-        return f"layer '{layer.name}' is already a PruneWrapper."
+        return "it is already a PruneWrapper"
     if getattr(layer, "quantization_mode", None):
-        return (
-            f"layer '{layer.name}' is quantized ({layer.quantization_mode}); "
-            "prune before quantizing."
-        )
+        return f"it is quantized ({layer.quantization_mode}); prune before quantizing"
     if getattr(layer, "lora_enabled", False):
-        return f"layer '{layer.name}' has LoRA enabled; merge or disable LoRA first."
-    if _rule_for(layer) is None and not hasattr(layer, "get_prunable_weights"):
-        return (
-            f"layer '{layer.name}' ({type(layer).__name__}) has no pruning rule. "
-            f"Prunable types: {SUPPORTED_LAYER_NAMES}."
-        )
+        return "it has LoRA enabled; merge or disable LoRA first"
+    if not layer.built and isinstance(layer, _SUBLAYERS_AT_BUILD):
+        return None
+    if not prunable_sublayers(layer):
+        return f"it has no pruning rule. Prunable types: {SUPPORTED_LAYER_NAMES}"
     return None
 
 
+def describe(layer):
+    """`'name' (Type)`, the way messages name a layer."""
+    return f"'{layer.name}' ({type(layer).__name__})"
+
+
 def prunable_weights(layer, prune_bias=False):
-    """The variables of a built `layer` that pruning masks."""
-    attributes = _rule_for(layer)
-    if attributes is None:
-        weights = list(layer.get_prunable_weights())
-    else:
-        weights = [getattr(layer, name) for name in attributes]
-    if prune_bias and getattr(layer, "bias", None) is not None:
-        weights.append(layer.bias)
+    """The variables of a built `layer` that pruning masks (those of its
+    prunable sub-layers for a layer built from others, see
+    `prunable_sublayers`)."""
+    weights = []
+    for sub in prunable_sublayers(layer):
+        attributes = _rule_for(sub)
+        if attributes is None:
+            weights.extend(sub.get_prunable_weights())
+        else:
+            weights.extend(getattr(sub, name) for name in attributes)
+        if prune_bias and getattr(sub, "bias", None) is not None:
+            weights.append(sub.bias)
     for w in weights:
         # A variable can be assigned and constrained; a computed tensor (for
         # example a LoRA-adjusted kernel) cannot be masked in place. Checked
@@ -155,7 +193,7 @@ class PruneWrapper(L.Wrapper):
             )
         reason = why_not_prunable(layer)
         if reason:
-            raise ValueError(f"PruneWrapper cannot wrap {reason}")
+            raise ValueError(f"PruneWrapper cannot wrap layer {describe(layer)}: {reason}.")
         check_options(f"layer '{layer.name}'", pruning_schedule, global_pruning, prune_bias)
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
         super().__init__(layer, **kwargs)
@@ -168,9 +206,23 @@ class PruneWrapper(L.Wrapper):
         # pruning pays nothing for it.
         self.l1_active = False
 
+    def __call__(self, *args, **kwargs):
+        if not self.layer.built:
+            # Layers with several call arguments (MultiHeadAttention's query
+            # and value) cannot be built from the first input's shape, which
+            # is all Keras passes to a wrapper's build(): build the inner
+            # layer from every argument first, by calling it symbolically.
+            self.layer(*_symbolic(args), **_symbolic(kwargs))
+        return super().__call__(*args, **kwargs)
+
     def build(self, input_shape=None):
         super().build(input_shape)
         self._pruned = prunable_weights(self.layer, self.prune_bias)
+        if not self._pruned:
+            raise ValueError(
+                f"PruneWrapper '{self.name}': layer {describe(self.layer)} has no "
+                f"prunable weights once built. Prunable types: {SUPPORTED_LAYER_NAMES}."
+            )
         # Masks stay float32 and are written only from cross-replica context
         # (callbacks); the step is counted inside the train step, once per
         # replica, so only the first replica's count is kept.
@@ -275,3 +327,17 @@ class PruneWrapper(L.Wrapper):
             config.pop("layer"), custom_objects=custom_objects
         )
         return cls(layer, pruning_schedule=schedule, **config)
+
+
+def _symbolic(structure):
+    """`structure` with every tensor or array replaced by a KerasTensor of
+    its shape and dtype (other values, such as flags, kept)."""
+
+    def spec(x):
+        if isinstance(x, keras.KerasTensor):
+            return x
+        if keras.ops.is_tensor(x) or hasattr(x, "__array__"):
+            return keras.KerasTensor(tuple(x.shape), keras.backend.standardize_dtype(x.dtype))
+        return x
+
+    return keras.tree.map_structure(spec, structure)
