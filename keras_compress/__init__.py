@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 from keras_compress import datasets, distillation, export, pruning, quantization
 from keras_compress.export import (
     evaluate_tflite,
+    fidelity_report,
     inspect_tflite,
     predict_tflite,
     to_tflite,
@@ -24,6 +25,7 @@ __all__ = [
     "distillation",
     "evaluate_tflite",
     "export",
+    "fidelity_report",
     "inspect_tflite",
     "predict_tflite",
     "pruning",

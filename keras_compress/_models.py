@@ -205,3 +205,59 @@ def new_inputs_like(model):
         )
         for t in graph.inputs
     ]
+
+
+# -- attention masks ----------------------------------------------------------
+
+ATTENTION_MASK_REASON = (
+    "an int8 attention mask is not exact: TFLite fills masked scores with a large "
+    "negative number, which int8 clips to the low end of the scores' range, so "
+    "masked positions keep attention weight"
+)
+
+
+def keras_mask(tensor):
+    """The Keras mask attached to a tensor, or `None`.
+
+    Keras keeps it in the private `_keras_mask` attribute (its own
+    `backend.get_keras_mask` reads it) and has no public getter."""
+    return getattr(tensor, "_keras_mask", None)
+
+
+def attention_mask_reason(args, kwargs):
+    """Why a MultiHeadAttention call with `args` and `kwargs` (a graph node's
+    arguments) applies an attention mask, or `None` when it applies none."""
+    if kwargs.get("attention_mask") is not None:
+        return f"it is called with an attention_mask; {ATTENTION_MASK_REASON}"
+    if kwargs.get("use_causal_mask"):
+        return f"it is called with use_causal_mask=True; {ATTENTION_MASK_REASON}"
+    names = ("query", "value", "key")
+    tensors = list(args[:3]) + [kwargs.get(name) for name in names[len(args[:3]) :]]
+    for name, tensor in zip(names, tensors):
+        if tensor is not None and keras_mask(tensor) is not None:
+            return f"its {name} carries a Keras mask (padding); {ATTENTION_MASK_REASON}"
+    return None
+
+
+def masked_attention(model):
+    """`[(layer, reason)]` for the MultiHeadAttention calls of a Sequential or
+    Functional `model` (nested models included) that apply an attention
+    mask; `layer` is the graph's layer (a wrapper around the attention, if
+    it is wrapped)."""
+    found = []
+
+    def visit(graph):
+        for node in graph_nodes(graph):
+            op = node.operation
+            if isinstance(op, (keras.Sequential, Functional)):
+                visit(op)
+                continue
+            layer = getattr(op, "layer", op)
+            if isinstance(layer, keras.layers.MultiHeadAttention):
+                reason = attention_mask_reason(node.arguments.args, node.arguments.kwargs)
+                if reason:
+                    found.append((op, reason))
+
+    if isinstance(model, (keras.Sequential, Functional)):
+        visit(model)
+    return found

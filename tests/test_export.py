@@ -1,10 +1,13 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from ai_edge_litert.tools import flatbuffer_utils
 
 from conftest import assert_unchanged, compile_for_test, small_cnn, snapshot, toy_data, value
-from keras_compress import evaluate_tflite, predict_tflite, to_tflite
+from keras_compress import evaluate_tflite, inspect_tflite, predict_tflite, to_tflite
 from keras_compress.export import load_interpreter
 from keras_compress.pruning import PruneWrapper, prune_low_magnitude, strip_pruning
 from keras_compress.pruning.criteria import magnitude
@@ -110,11 +113,11 @@ def test_output_file_and_evaluate(tmp_path):
 
 
 def test_dynamic_batch_and_multi_input():
-    a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
-    model = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Concatenate()([a, b])))
+    b, a = keras.Input((2,), name="b"), keras.Input((3,), name="a")
+    model = keras.Model([b, a], keras.layers.Dense(2)(keras.layers.Concatenate()([a, b])))
     flatbuffer = to_tflite(model, batch_size=None)
-    names = sorted(d["name"] for d in load_interpreter(flatbuffer).get_input_details())
-    assert any("a" in n for n in names) and len(names) == 2
+    details = load_interpreter(flatbuffer).get_input_details()
+    assert [(d["name"], tuple(d["shape_signature"])) for d in details] == [("b", (-1, 2)), ("a", (-1, 3))]
     single = to_tflite(small_cnn(), batch_size=None)
     x, _ = toy_data(5)
     np.testing.assert_allclose(predict_tflite(single, x).shape, (5, 3))
@@ -162,3 +165,135 @@ def test_wrong_input_shape_and_labels():
         predict_tflite(flatbuffer, np.zeros((2, 5, 5, 1), "float32"))
     with pytest.raises(ValueError, match="x has 2 samples but y has 3"):
         evaluate_tflite(flatbuffer, np.zeros((2, 12, 12, 1), "float32"), np.zeros(3))
+
+
+class TwoLayerNet(keras.Model):
+    """A subclassed model: no model.inputs, only a build config once called."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(8, activation="relu", name="hidden")
+        self.logits = keras.layers.Dense(3, name="logits")
+
+    def call(self, x):
+        return self.logits(self.hidden(x))
+
+
+class PairNet(keras.Model):
+    """Two inputs as a list, two outputs as a dict."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.a = keras.layers.Dense(2, name="a")
+        self.b = keras.layers.Dense(1, name="b")
+
+    def call(self, inputs):
+        first, second = inputs
+        joined = keras.ops.concatenate([first, second], axis=-1)
+        return {"scores": self.a(joined), "value": self.b(second)}
+
+
+class TokenNet(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.embedding = keras.layers.Embedding(20, 4, name="embedding")
+        self.logits = keras.layers.Dense(3, name="logits")
+
+    def call(self, tokens):
+        return self.logits(keras.ops.mean(self.embedding(tokens), axis=1))
+
+
+def test_a_subclassed_model_called_on_data_converts():
+    net = TwoLayerNet(name="net")
+    x = np.random.default_rng(0).normal(size=(16, 5)).astype("float32")
+    net(x[:2])
+    before = snapshot(net)
+    for flatbuffer in (to_tflite(net), to_tflite(net, quantization="int8", representative_data=x)):
+        info = inspect_tflite(flatbuffer)
+        assert [(t.name, t.shape) for t in info.inputs] == [("input_0", (1, 5))]
+        assert [t.name for t in info.outputs] == ["output_0"]
+        np.testing.assert_allclose(predict_tflite(flatbuffer, x), value(net(x)), atol=0.1)
+    np.testing.assert_allclose(predict_tflite(to_tflite(net), x), value(net(x)), rtol=1e-5, atol=1e-6)
+    assert_unchanged(net, before)
+
+
+def test_a_subclassed_model_with_list_inputs_and_dict_outputs_converts():
+    net = PairNet()
+    first, second = np.ones((4, 3), "float32"), np.arange(8, dtype="float32").reshape(4, 2)
+    expected = net([first, second])
+    info = inspect_tflite(flatbuffer := to_tflite(net, batch_size=None))
+    assert [t.name for t in info.inputs] == ["input_0", "input_1"]
+    assert [t.name for t in info.outputs] == ["scores", "value"]
+    scores, score = predict_tflite(flatbuffer, [first, second])
+    np.testing.assert_allclose(scores, value(expected["scores"]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(score, value(expected["value"]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [
+        [keras.InputSpec(shape=(None, 6), dtype="int32")],
+        keras.InputSpec(shape=(None, 6), dtype="int32"),
+        ((None, 6), "int32"),
+        [tf.TensorSpec((None, 6), tf.int32, name="tokens")],
+    ],
+    ids=["InputSpec list", "InputSpec", "pair", "TensorSpec"],
+)
+def test_input_signature_gives_a_subclassed_model_integer_inputs(signature):
+    net = TokenNet()
+    tokens = np.random.default_rng(0).integers(0, 20, (8, 6)).astype("int32")
+    net(tokens)
+    flatbuffer = to_tflite(net, input_signature=signature)
+    (spec,) = inspect_tflite(flatbuffer).inputs
+    assert spec.dtype == "int32" and spec.shape == (1, 6)
+    assert spec.name == ("tokens" if isinstance(signature, list) and isinstance(signature[0], tf.TensorSpec) else "input_0")
+    np.testing.assert_allclose(predict_tflite(flatbuffer, tokens), value(net(tokens)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make, kwargs, error, match",
+    [
+        (lambda: TwoLayerNet(name="fresh"), {}, ValueError,
+         r"needs a built model with known inputs; model 'fresh' is not built: its weights do not exist yet. "
+         r"Call it on a batch of data first \(model\(x\)\)"),
+        (small_cnn, dict(input_signature=[((None, 12, 12, 1), "float32")] * 2), ValueError,
+         r"input_signature describes 2 input\(s\), but model 'cnn' has 1"),
+        (small_cnn, dict(input_signature=((None, 10, 10, 1), "float32")), ValueError,
+         r"input_signature gives shape \(batch, 10, 10, 1\) for input 'input_layer\w*' of model 'cnn', "
+         r"which expects \(batch, 12, 12, 1\)"),
+        (small_cnn, dict(input_signature=["float32"]), TypeError, r"input_signature\[0\] must be a keras.InputSpec"),
+        (small_cnn, dict(input_signature=[keras.InputSpec(ndim=4)]), ValueError,
+         r"input_signature\[0\] needs a full shape with the batch axis first"),
+        (small_cnn, dict(input_signature=[((None, 12, 12, 1), "float33")]), ValueError,
+         r"input_signature\[0\] has an unknown dtype 'float33'"),
+    ],
+)
+def test_bad_input_signatures_and_unbuilt_models_are_refused(make, kwargs, error, match):
+    model = make()
+    before = snapshot(model) if model.built else None
+    with pytest.raises(error, match=match):
+        to_tflite(model, **kwargs)
+    if before is not None:
+        assert_unchanged(model, before)
+
+
+def test_pruned_weights_the_sparse_encoding_cannot_cover_are_named():
+    from keras_compress.export import DenseZerosWarning
+
+    tokens = keras.Input((10,), dtype="int32")
+    x = keras.layers.Flatten()(keras.layers.Embedding(300, 16, name="table")(tokens))
+    model = keras.Model(tokens, keras.layers.Dense(4, name="head")(x))
+    rng = np.random.default_rng(0)
+    for layer in (model.get_layer("table"), model.get_layer("head")):
+        weights = layer.get_weights()
+        weights[0][rng.permutation(weights[0].size).reshape(weights[0].shape) < 0.8 * weights[0].size] = 0
+        layer.set_weights(weights)
+    with pytest.warns(DenseZerosWarning, match=r"'table': 80% of 4,800 values, read by GATHER") as record:
+        flatbuffer = to_tflite(model)
+    assert len(record) == 1 and "'head'" not in str(record[0].message)  # its kernel is sparse-encoded
+    info = inspect_tflite(flatbuffer)
+    assert len(info.sparse_tensors) == 1  # the head's kernel; the table is not
+    assert info.constant_bytes["float32"] >= 300 * 16 * 4  # the table, whole
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DenseZerosWarning)
+        to_tflite(model, sparse=False)  # no encoding asked for: nothing to say

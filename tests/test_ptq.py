@@ -182,7 +182,9 @@ INPUT = r"for its input 'input_layer\w*'"
         ({"representative_data": None}, ValueError, "quantization='int8' needs representative_data"),
         ({"representative_data": 3}, TypeError, r"representative_data must be a numpy array .*; got int"),
         ({"representative_data": "x.npy"}, TypeError, "representative_data must be a numpy array"),
-        ({"representative_data": {"x": np.zeros((4, 12, 12, 1))}}, TypeError, "got dict"),
+        ({"representative_data": {"x": np.zeros((4, 12, 12, 1))}}, ValueError,
+         r"representative_data as a dict needs one entry per input of model 'cnn', keyed by input "
+         r"name: 'input_layer\w*'; missing \['input_layer\w*'\]; unknown keys \['x'\]"),
         ({"representative_data": (1, 2, 3, 4)}, TypeError, r"must be \(x,\), \(x, y\) or \(x, y, sample_weight\)"),
         ({"quantization": "int16x8"}, ValueError, "quantization='int16x8' needs representative_data"),
         ({"quantization": "dynamic", "int8_io": True}, ValueError,
@@ -190,7 +192,7 @@ INPUT = r"for its input 'input_layer\w*'"
         ({"quantization": None, "int8_io": True}, ValueError, "int8_io=True needs quantization='int8'"),
         ({"int8_io": 1}, TypeError, "int8_io must be True or False"),
         ({"quantization": "INT8"}, ValueError,
-         r"quantization must be one of \(None, 'dynamic', 'float16', 'int8', 'int16x8'\), got 'INT8'"),
+         r"quantization must be one of \('auto', None, 'dynamic', 'float16', 'int8', 'int16x8'\), got 'INT8'"),
     ],
 )
 def test_bad_quantization_arguments_fail_before_converting(monkeypatch, kwargs, error, match):
@@ -203,10 +205,12 @@ def test_bad_quantization_arguments_fail_before_converting(monkeypatch, kwargs, 
     assert_unchanged(model, before)
 
 
-def test_calibration_refuses_multi_input_models():
+def test_a_single_array_for_a_multi_input_model_names_the_inputs():
     a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
     model = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Concatenate()([a, b])), name="two")
-    with pytest.raises(ValueError, match="calibration supports single-input models; model 'two' has 2"):
+    with pytest.raises(ValueError, match=r"model 'two' has 2 inputs \('a', 'b'\); representative_data must "
+                       r"give one array per input, as a dict by input name or a list in that order; "
+                       r"got a single array of shape \(4, 3\)"):
         to_tflite(model, quantization="int8", representative_data=np.zeros((4, 3)))
 
 
@@ -283,3 +287,31 @@ def test_inspect_refuses_what_is_not_tflite(tmp_path):
         inspect_tflite(to_tflite(dense_model())[:200])
     with pytest.raises(TypeError, match="Expected TFLite flatbuffer bytes or a .tflite path"):
         inspect_tflite(12)
+
+
+def test_int16x8_layer_normalization_runs_in_litert_and_beats_int8():
+    inputs = keras.Input((16, 32))
+    outputs = keras.layers.Dense(4, name="head")(keras.layers.LayerNormalization(name="norm")(inputs))
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    model.get_layer("norm").set_weights([rng.uniform(0.5, 2, 32), rng.normal(size=32)])
+    x = rng.normal(2, 3, (64, 16, 32)).astype("float32")
+    errors = {}
+    for mode in ("int8", "int16x8"):
+        flatbuffer = to_tflite(model, quantization=mode, representative_data=x)
+        info = inspect_tflite(flatbuffer)
+        assert info.float_compute_ops() == []
+        # LiteRT has no int16 SQUARED_DIFFERENCE: the int16x8 export squares by MUL.
+        assert mode == "int8" or "SQUARED_DIFFERENCE" not in {op.type for op in info.ops}
+        errors[mode] = np.abs(predict_tflite(flatbuffer, x) - model.predict(x, verbose=0)).max()
+    assert errors["int16x8"] < errors["int8"] / 3
+
+
+def test_int16x8_refuses_integer_inputs_before_converting():
+    tokens = keras.Input((8,), dtype="int32", name="tokens")
+    x = keras.layers.Flatten()(keras.layers.Embedding(20, 4)(tokens))
+    model = keras.Model(tokens, keras.layers.Dense(2)(x))
+    data = np.random.default_rng(0).integers(0, 20, (16, 8)).astype("int32")
+    with pytest.raises(ValueError, match=r"int16x8' cannot convert model .*input 'tokens' \(int32\) is not float"):
+        to_tflite(model, quantization="int16x8", representative_data=data)
+    to_tflite(model, quantization="int8", representative_data=data)  # int8 takes it

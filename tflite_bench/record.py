@@ -24,7 +24,8 @@ class BenchmarkRecord:
     Attributes:
         name: the model's name (its file name, or the name given).
         bytes: file size; `gzip_bytes`: gzip-compressed size (level 9).
-        op_counts: `{"TYPE/dtype": count}` of the main subgraph's ops.
+        op_counts: `{"TYPE/dtype": count}` of the ops of every subgraph (control-flow
+            bodies included, as `inspect_tflite` lists them).
         int8_compute_fraction: share of compute ops (QUANTIZE / DEQUANTIZE
             excluded) whose output is int8.
         constant_bytes: bytes of the constant tensors (weights, biases).

@@ -4,39 +4,62 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+import warnings
 
 import keras
 import numpy as np
 
-from keras_compress._models import check_finite_weights, walk_layers
+from keras_compress._models import check_finite_weights, masked_attention, walk_layers
+from keras_compress.export import conversion, isolation
+from keras_compress.export.calibration import calibration_samples
+from keras_compress.export.dense_zeros import (
+    DenseZerosWarning,
+    dense_zero_tensors,
+    dense_zeros_message,
+)
+from keras_compress.export.float_ops import (
+    FloatOpsWarning,
+    float_op_groups,
+    float_ops_message,
+    in_layers,
+    op_layers,
+)
+from keras_compress.export.naming import resolve_scope
+from keras_compress.export.rewrites import conversion_model, wrapped_recurrent
+from keras_compress.export.signature import (
+    model_inputs,
+    order_and_name_io,
+    output_layers,
+    output_names,
+)
+from keras_compress.export.splits import integer_splits
+
+logger = logging.getLogger(__name__)
 
 # The converter skips tensors below this fraction of zeros (its own
 # minimum for sparse encoding), so "auto" tries the encoding only when some
 # weight tensor is at least this sparse.
 SPARSE_AUTO_MIN_SPARSITY = 0.3
 
-QUANTIZATION_MODES = (None, "dynamic", "float16", "int8", "int16x8")
+QUANTIZATION_MODES = ("auto", None, "dynamic", "float16", "int8", "int16x8")
 # The modes whose activation ranges come from running representative_data.
 CALIBRATED_MODES = ("int8", "int16x8")
-
-REPRESENTATIVE_DATA_FORMS = (
-    "a numpy array of samples (batch first); an (x, y) or (x, y, sample_weight) "
-    "tuple; a tf.data.Dataset; or an iterable, generator or callable returning "
-    "an iterator, yielding samples or batches as arrays or (x, y) tuples"
-)
 
 
 def to_tflite(
     model,
     output=None,
     *,
-    quantization=None,
+    quantization="auto",
     representative_data=None,
     calibration_steps=100,
     int8_io=False,
     sparse="auto",
     batch_size=1,
+    input_signature=None,
+    float_layers=None,
+    strict=False,
+    isolate="auto",
 ):
     """Converts a Keras model to a TFLite (LiteRT) flatbuffer.
 
@@ -46,11 +69,40 @@ def to_tflite(
     without the Flex delegate. Pruning wrappers need not be stripped first:
     their masks are folded into the weights during conversion.
 
+    The file's inputs and outputs follow `model.inputs` and `model.outputs`
+    (the order of the model's call for a subclassed model); their tensor
+    names and signature keys are the Keras input names and output names
+    (the layer names of `model.output_names`, or the keys of a dict of
+    outputs), with or without `int8_io`.
+
+    For the integer modes (`"int8"`, `"int16x8"`) a Sequential or Functional
+    model is exported through a clone that computes the same function in ops
+    TFLite quantizes (the model itself is not modified; the rewritten layers
+    are logged at INFO level on the `keras_compress.export.converter`
+    logger): recurrent layers (`LSTM`, `GRU`, `SimpleRNN`, also inside
+    `Bidirectional` or another wrapper) with a fixed number of time steps, at most 100, are
+    unrolled instead of traced to a WHILE loop, and `LayerNormalization` is
+    computed as `x * inv + (beta - mean * inv)`, without a NEG. A float SPLIT the
+    quantizer leaves between a DEQUANTIZE and QUANTIZEs of one scale (an
+    unrolled LSTM's first step, whose forget gate is never read) is made an
+    int8 SPLIT, which gives the same values. Any op that still
+    computes in float after an integer conversion is reported in a
+    `FloatOpsWarning` naming the op types, how many, the Keras layers they
+    come from and why they stayed float (`strict=True` makes it an error).
+
     Args:
-        model: a built `keras.Model` with known inputs.
+        model: a built `keras.Model`: Sequential or Functional, or a
+            subclassed model that has been called on data (or is given an
+            `input_signature`).
         output: optional path; when given, the flatbuffer is also written there.
         quantization: post-training quantization, one of:
-            - `None` (default): float32 weights and activations.
+            - `"auto"` (default): `"int8"` for a quantization-aware model
+              (made by `kc.quantization.quantize_model` or
+              `quantize_apply`), whose learned ranges make it an int8 model;
+              `None` otherwise.
+            - `None`: float32 weights and activations, also for a
+              quantization-aware model (its fake-quant ops then stay as
+              float arithmetic in the file).
             - `"dynamic"`: dynamic-range quantization; int8 weights, float
               activations, quantized on the fly inside the kernels. The
               converter keeps weight tensors of fewer than 1024 values float.
@@ -63,19 +115,20 @@ def to_tflite(
               `representative_data`; more accurate than `"int8"` where
               activations have outliers. Conversion fails on an op that has
               no int16x8 kernel.
-            A model trained with quantization-aware training (fake-quant
-            layers) converts with `"int8"` without `representative_data`,
-            its ranges having been learned; given, the data calibrates the
-            ops that the fake-quant does not cover.
+            A quantization-aware model converts with `"int8"` without
+            `representative_data`, its ranges having been learned; given,
+            the data calibrates the ops that the fake-quant does not cover.
         representative_data: calibration inputs for `"int8"` and `"int16x8"`
-            (ignored by the other modes), for a single-input model. One of: a
-            numpy array of samples, batch first; an `(x, y)` or
-            `(x, y, sample_weight)` tuple, whose `x` is used; a
-            `tf.data.Dataset` yielding `x` or `(x, y)`, batched or not; or an
-            iterable, a generator, or a callable returning an iterator
-            (such as a generator function), yielding single samples or
-            batches, as arrays or `(x, y)` tuples. It is checked against the
-            model's input shape before converting and cast to its dtype.
+            (ignored by the other modes). One of: a numpy array of samples,
+            batch first; for a model with several inputs, a dict of arrays
+            keyed by input name, or a list (or tuple) with one array per
+            input in the model's order; an `(x, y)` or `(x, y,
+            sample_weight)` tuple of those, whose `x` is used; a
+            `tf.data.Dataset` yielding any of those, batched or not; or an
+            iterable, a generator, or a callable returning an iterator (such
+            as a generator function), yielding single samples or batches in
+            any of those forms. Each input is checked against the model's
+            (shape, numeric dtype) before converting, and cast to its dtype.
         calibration_steps: how many samples calibrate (default 100); the data
             is read only up to that many samples.
         int8_io: with `quantization="int8"` only: make the model's inputs
@@ -88,51 +141,119 @@ def to_tflite(
             pruning shrinks the file without a flag and never grows it (the
             encoding's indices cost more than they save on int8 weights below
             about 70% zeros); `True` always asks for the encoding; `False`
-            never does.
+            never does. The encoding covers the weights of FULLY_CONNECTED,
+            CONV_2D, DEPTHWISE_CONV_2D and TRANSPOSE_CONV ops; pruned weights
+            read by any other op (an Embedding's GATHER table) stay dense, and
+            a `DenseZerosWarning` names their layers.
         batch_size: the batch dimension of the converted inputs. Default 1,
             the usual on-device shape; `None` keeps it dynamic.
+        input_signature: the inputs to trace the model with, when
+            `model.inputs` does not say (a subclassed model) or to give
+            their dtype: a `keras.InputSpec`, a `tf.TensorSpec` or a
+            `(shape, dtype)` pair, batch axis first (its size is replaced by
+            `batch_size`); a list of them for several inputs (the model is
+            called on the list; a list of one calls it on a single tensor);
+            or a dict of them by input name (the model is called on the
+            dict). Default: `model.inputs`, or for a subclassed model called
+            on data, the input shapes it was built with, as float32.
+        float_layers: names of layers (or nested models) of `model` whose
+            ops stay float in an `"int8"` file, for instance a layer that
+            quantizes badly (`fidelity_report` finds it). A
+            MultiHeadAttention that applies an attention mask (causal,
+            padding or given) is kept float without being named, with a
+            `FloatOpsWarning`: int8 cannot hold its masked scores; the ops around them are quantized as usual, with
+            DEQUANTIZE / QUANTIZE ops at their edges. Needs
+            `representative_data`. These ops are not reported as leftover
+            float ops. (TensorFlow's int16x8 quantizer cannot leave chosen
+            ops float, nor can the converter leave float the layers a
+            quantization-aware model fake-quantizes: both are refused; for
+            the latter, use `quantize_model(model, float_layers=[...])`.)
+        strict: with an integer mode, raise a `ValueError` instead of a
+            `FloatOpsWarning` when ops other than `float_layers`' stay
+            float, and write no file.
+        isolate: run the TFLite converter in a child Python process, so
+            that a crash of TensorFlow's calibrator (a segmentation fault on
+            some control flow) raises a `RuntimeError` instead of killing
+            this process. `"auto"` (default): when the conversion calibrates
+            (`representative_data` is read) and the traced graph has control
+            flow (While or If ops, such as a recurrent layer that is not
+            unrolled); `True`: always; `False`: never. A child process costs
+            the start of a Python process with TensorFlow (a few seconds).
 
     Returns:
         The flatbuffer as `bytes`.
+
+    Raises:
+        ValueError: an argument has a wrong value (the message names it and
+            what is accepted), the model is not built, `representative_data`
+            does not fit its inputs, a `float_layers` name is not a layer of
+            the model, or, with `strict=True`, ops stayed float.
+        TypeError: an argument has a wrong type.
+        RuntimeError: the converter crashed in its child process; the
+            message names the signal and the layers with control flow.
 
     Example:
 
     ```python
     flatbuffer = kc.to_tflite(kc.pruning.strip_pruning(pruned), "pruned.tflite")
     int8 = kc.to_tflite(model, quantization="int8", representative_data=x_train)
+    two = kc.to_tflite(two_inputs, quantization="int8",
+                       representative_data={"numbers": numbers, "image": images})
     ```
     """
-    _check_arguments(model, output, quantization, calibration_steps, int8_io, sparse, batch_size)
+    _check_arguments(model, output, quantization, calibration_steps, int8_io, sparse, batch_size,
+                     strict, isolate)
+    quantization = _resolve_quantization(model, quantization)
+    _check_int8_io(int8_io, quantization)
+    inputs, pack = model_inputs(model, input_signature)
+    _check_int16x8_inputs(model, inputs, quantization)
+    check_finite_weights(model, "to_tflite")
+    float_layers = _check_float_layers(model, float_layers, quantization, representative_data)
+    float_layers += _masked_attention_kept_float(model, quantization, representative_data, float_layers, strict)
     calibration = None
     if _needs_calibration(model, quantization, representative_data):
-        calibration = _calibration_samples(
-            model, quantization, representative_data, calibration_steps
+        calibration = calibration_samples(
+            model.name, inputs, quantization, representative_data, calibration_steps
         )
+    exported = model
+    if quantization in CALIBRATED_MODES:
+        exported, notes = conversion_model(model, quantization)
+        for note in notes:
+            logger.info("to_tflite: %s", note)
 
     with tempfile.TemporaryDirectory() as saved_model, _quiet_tensorflow_logger():
-        _export_saved_model(model, saved_model, batch_size)
-        encodings = [True, False] if sparse == "auto" and _has_sparse_weights(model) else [sparse is True]
-        flatbuffer = min(
-            (_convert(saved_model, quantization, calibration, batch_size, int8_io, e) for e in encodings),
-            key=len,
-        )
+        names = _export_saved_model(exported, saved_model, inputs, pack, batch_size)
+        options = {
+            "quantization": quantization,
+            "input_keys": names["input_keys"],
+            "batch_size": batch_size,
+            "int8_io": int8_io,
+            "encodings": [True, False] if sparse == "auto" and _has_sparse_weights(model) else [sparse is True],
+            "calibrate_only": bool(float_layers),
+        }
+        converted, float_nodes = _convert(model, saved_model, options, calibration, isolate, float_layers, names)
 
+    flatbuffer = order_and_name_io(
+        converted, names["input_keys"], [i.name for i in inputs], names["output_keys"], names["outputs"]
+    )
+    if quantization in CALIBRATED_MODES:
+        flatbuffer, _ = integer_splits(flatbuffer, keep=float_nodes)
+        _report_float_ops(flatbuffer, model, quantization, names, float_layers, calibration, strict)
+    if True in options["encodings"]:
+        dense = dense_zero_tensors(flatbuffer, model, SPARSE_AUTO_MIN_SPARSITY)
+        if dense:
+            warnings.warn(dense_zeros_message(dense, model.name), DenseZerosWarning, stacklevel=2)
     if output is not None:
         with open(output, "wb") as f:
             f.write(flatbuffer)
     return flatbuffer
 
 
-def _check_arguments(model, output, quantization, calibration_steps, int8_io, sparse, batch_size):
+def _check_arguments(model, output, quantization, calibration_steps, int8_io, sparse, batch_size,
+                     strict, isolate):
     """Raises on an argument of the wrong type or value, before anything slow."""
     if not isinstance(model, keras.Model):
         raise TypeError(f"to_tflite expects a keras.Model, got {type(model).__name__}.")
-    if not model.built or not getattr(model, "inputs", None):
-        raise ValueError(
-            f"to_tflite needs a built model with known inputs; model '{model.name}' "
-            "has none. Give it a keras.Input or call it on data first."
-        )
-    check_finite_weights(model, "to_tflite")
     if sparse not in ("auto", True, False):
         raise ValueError(f"to_tflite: sparse must be 'auto', True or False, got {sparse!r}.")
     if batch_size is not None and (
@@ -155,6 +276,20 @@ def _check_arguments(model, output, quantization, calibration_steps, int8_io, sp
         )
     if not isinstance(int8_io, bool):
         raise TypeError(f"to_tflite: int8_io must be True or False, got {int8_io!r}.")
+    if not isinstance(strict, bool):
+        raise TypeError(f"to_tflite: strict must be True or False, got {strict!r}.")
+    if isolate not in isolation.ISOLATE_MODES or isinstance(isolate, int) and not isinstance(isolate, bool):
+        raise ValueError(f"to_tflite: isolate must be 'auto', True or False, got {isolate!r}.")
+
+
+def _resolve_quantization(model, quantization):
+    """The mode `"auto"` stands for: int8 for a quantization-aware model."""
+    if quantization != "auto":
+        return quantization
+    return "int8" if _is_quantization_aware(model) else None
+
+
+def _check_int8_io(int8_io, quantization):
     if int8_io and quantization != "int8":
         raise ValueError(
             "to_tflite: int8_io=True needs quantization='int8' (only a fully int8 model "
@@ -176,132 +311,140 @@ def _is_quantization_aware(model):
     return any(getattr(layer, "_kc_quantization_aware", False) is True for layer in walk_layers(model))
 
 
-def _calibration_samples(model, quantization, data, steps):
-    """Up to `steps` validated samples of `data`, stacked and cast to the
-    model's input dtype.
+def _masked_attention_kept_float(model, quantization, representative_data, float_layers, strict):
+    """The names of the MultiHeadAttention layers that a post-training int8
+    conversion keeps float because they apply an attention mask.
 
-    Read up front, so that bad data fails before the slow conversion and a
-    one-shot generator can be used.
+    Their int8 form is not exact: the masked scores' large negative fill
+    stretches the scores' int8 range, and the file's attention leaks into
+    masked positions (a causal block measured 50% relative output error,
+    3% with the layer float). Warned about; `strict=True` refuses instead.
     """
-    if data is None:
+    if quantization != "int8" or representative_data is None or _is_quantization_aware(model):
+        return ()
+    masked = [(layer, reason) for layer, reason in masked_attention(model) if layer.name not in float_layers]
+    if not masked:
+        return ()
+    message = (
+        f"to_tflite: {len(masked)} attention layer(s) of model '{model.name}' stay float in the "
+        f"quantization='int8' file: "
+        + "; ".join(f"layer '{layer.name}' ({type(layer).__name__}): {reason}" for layer, reason in masked)
+        + ". Their ops run in float between DEQUANTIZE and QUANTIZE ops."
+    )
+    if strict:
+        raise ValueError(message + " (strict=True refuses a file with float compute ops.)")
+    warnings.warn(message, FloatOpsWarning, stacklevel=3)
+    return tuple(layer.name for layer, _ in masked)
+
+
+def _check_int16x8_inputs(model, inputs, quantization):
+    """TensorFlow's int16x8 quantizer wants a calibrated float range for every
+    tensor, model inputs included, and fails on integer ones ("Max and min
+    for dynamic tensors should be recorded"): refuse before converting."""
+    integer = [i for i in inputs if not str(i.dtype).startswith(("float", "bfloat"))]
+    if quantization == "int16x8" and integer:
         raise ValueError(
-            f"to_tflite: quantization={quantization!r} needs representative_data to "
-            f"calibrate activations: {REPRESENTATIVE_DATA_FORMS}."
+            f"to_tflite: quantization='int16x8' cannot convert model '{model.name}': its input "
+            f"{', '.join(f'{i.name!r} ({i.dtype})' for i in integer)} is not float, and "
+            "TensorFlow's int16x8 quantizer needs a float range for every tensor, inputs "
+            "included (token ids into an Embedding fail there). Use quantization='int8'."
         )
-    if len(model.inputs) != 1:
-        raise ValueError(
-            f"to_tflite: calibration supports single-input models; model '{model.name}' "
-            f"has {len(model.inputs)} inputs."
-        )
-    tensor = model.inputs[0]
-    expected = tuple(tensor.shape[1:])
-    if isinstance(data, tuple):
-        data = _first_of_tuple(data)
-    if _is_array(data):
-        data = np.asarray(data)
-        chunks = [_check_batch(data, model, expected)[:steps]] if data.size else []
-    else:
-        chunks, count = [], 0
-        for element in _elements(data):
-            chunk = _as_batch(np.asarray(_drop_targets(element)), model, expected)
-            chunks.append(chunk[: steps - count])
-            count += len(chunks[-1])
-            if count >= steps:
-                break
-    if not sum(len(c) for c in chunks):
-        raise ValueError("to_tflite: representative_data is empty.")
-    return np.concatenate(chunks).astype(tensor.dtype)
 
 
-def _is_array(data):
-    # np.ndarray and the tensors numpy converts whole (tf, jax, torch), rather
-    # than row by row as an iterable; a tf.data.Dataset has no __array__.
-    return isinstance(data, np.ndarray) or hasattr(data, "__array__")
-
-
-def _first_of_tuple(data):
-    if not 1 <= len(data) <= 3:
+def _check_float_layers(model, float_layers, quantization, representative_data):
+    """`float_layers` as a tuple of names, checked against the model."""
+    if float_layers is None:
+        return ()
+    if isinstance(float_layers, str) or not isinstance(float_layers, (list, tuple, set)):
         raise TypeError(
-            f"to_tflite: a representative_data tuple must be (x,), (x, y) or "
-            f"(x, y, sample_weight); got a tuple of {len(data)} items."
+            f"to_tflite: float_layers must be a list of layer names, got {float_layers!r}."
         )
-    return data[0]
-
-
-def _drop_targets(element):
-    # (x, y) / (x, y, sample_weight) from a dataset or generator, or the
-    # [x] lists of the TFLite converter's own representative_dataset convention.
-    if isinstance(element, tuple) or (isinstance(element, list) and len(element) == 1):
-        return _first_of_tuple(tuple(element))
-    return element
-
-
-def _elements(data):
-    """An iterator over the items of a dataset, iterable or generator function."""
-    if callable(data):
-        data = data()
-    if not isinstance(data, Iterable) or isinstance(data, (str, bytes, Mapping)):
-        raise TypeError(
-            f"to_tflite: representative_data must be {REPRESENTATIVE_DATA_FORMS}; "
-            f"got {type(data).__name__}."
-        )
-    return iter(data)
-
-
-def _as_batch(element, model, expected):
-    """A yielded element as a batch: single samples get a batch axis."""
-    batch = element[None] if element.ndim == len(expected) else element
-    return _check_batch(batch, model, expected, element=element)
-
-
-def _check_batch(batch, model, expected, element=None):
-    """`batch` if its samples fit the model's input; `element` is what a
-    generator or dataset yielded, when it is one."""
-    tensor = model.inputs[0]
-    received = "has" if element is None else "yielded an element of"
-    shape = batch.shape if element is None else element.shape
-    samples = "" if element is None else f" or single samples {expected}"
-    wanted = f"(batch, {', '.join(map(str, expected))})"
-    if batch.ndim != len(expected) + 1 or any(
-        e is not None and e != s for e, s in zip(expected, batch.shape[1:])
-    ):
+    float_layers = tuple(dict.fromkeys(float_layers))
+    if not float_layers:
+        return ()
+    if not all(isinstance(n, str) for n in float_layers):
+        raise TypeError(f"to_tflite: float_layers must hold layer names (str), got {list(float_layers)!r}.")
+    if quantization != "int8":
+        # TensorFlow quantizes int16x8 with its older quantizer, which has no
+        # way to leave chosen ops float; its MLIR quantizer's int16 mode
+        # writes zero points that TFLite's int16 kernels refuse.
         raise ValueError(
-            f"to_tflite: representative_data {received} shape {shape}, but model "
-            f"'{model.name}' expects {wanted}{samples} for its input '{_layer_name(tensor)}'."
+            "to_tflite: float_layers keeps layers float in an int8 file; it needs "
+            f"quantization='int8', got quantization={quantization!r} (TensorFlow's int16x8 "
+            "quantizer cannot leave chosen ops float)."
         )
-    if batch.dtype.kind not in "biuf":
+    if _is_quantization_aware(model):
+        # Its fake-quant ops carry their ranges into the converter's graph,
+        # which quantizes those ops whatever the quantizer is told to leave out.
         raise ValueError(
-            f"to_tflite: representative_data {received} dtype {batch.dtype}, but model "
-            f"'{model.name}' expects numbers for its input '{_layer_name(tensor)}' "
-            f"(shape {wanted}, dtype {tensor.dtype})."
+            f"to_tflite: float_layers cannot keep layers of model '{model.name}' float: it is "
+            "quantization-aware, and its fake-quant ops make the converter quantize the layers "
+            "they cover. Leave them float when making it: "
+            "quantize_model(model, float_layers=[...])."
         )
-    return batch
+    if representative_data is None:
+        raise ValueError(
+            "to_tflite: float_layers needs representative_data: the file is quantized from "
+            "calibrated ranges, leaving those layers out."
+        )
+    known = _layer_and_model_names(model)
+    unknown = [n for n in float_layers if n not in known]
+    if unknown:
+        raise ValueError(
+            f"to_tflite: float_layers names {unknown}, which are not layers of model "
+            f"'{model.name}'. Its layers are: {known}."
+        )
+    return float_layers
 
 
-def _layer_name(tensor):
-    # The InputLayer's name is the one the user chose or sees in summary();
-    # an unnamed Sequential input tensor is just "keras_tensor".
-    history = getattr(tensor, "_keras_history", None)
-    return history.operation.name if history is not None else tensor.name
+def _layer_and_model_names(model):
+    """The names of the layers of `model` and of the models nested in it."""
+    names = []
+
+    def walk(container):
+        for layer in container.layers:
+            names.append(layer.name)
+            if isinstance(layer, keras.Model):
+                walk(layer)
+
+    walk(model)
+    return list(dict.fromkeys(names))
 
 
-def _export_saved_model(model, directory, batch_size):
+def _export_saved_model(model, directory, inputs, pack, batch_size):
     """Traces `model` in inference mode into a SavedModel with a `serve`
-    endpoint of fixed `batch_size` (or a dynamic batch for `None`)."""
+    endpoint of fixed `batch_size` (or a dynamic batch for `None`).
+
+    The signature's keys are positional (`input_0`, `output_0`...), so that
+    `order_and_name_io` finds each input and output whatever order the
+    converter gives them.
+
+    Returns:
+        A dict: `input_keys`, `output_keys`, `outputs` (the Keras output
+        names) and `output_layers` (the layer making each output, or None).
+    """
     import tensorflow as tf  # Conversion is TensorFlow's; Keras has no converter API.
 
+    keys = [f"input_{i}" for i in range(len(inputs))]
     specs = [
-        tf.TensorSpec((batch_size, *x.shape[1:]), x.dtype, name=_input_name(x, i))
-        for i, x in enumerate(model.inputs)
+        tf.TensorSpec((batch_size, *i.shape), i.dtype, name=key) for i, key in zip(inputs, keys)
     ]
+    names = {"input_keys": keys}
 
     def serve(*xs):
-        return model(xs[0] if len(xs) == 1 else list(xs), training=False)
+        outputs = model(pack(xs), training=False)
+        flat = keras.tree.flatten(outputs)
+        names["outputs"] = output_names(model, outputs)
+        names["output_keys"] = [f"output_{i}" for i in range(len(flat))]
+        layers = output_layers(model)
+        names["output_layers"] = layers if layers and len(layers) == len(flat) else [None] * len(flat)
+        return dict(zip(names["output_keys"], flat))
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serve", serve, input_signature=specs)
     archive.write_out(directory, verbose=False)
+    return names
 
 
 @contextlib.contextmanager
@@ -317,60 +460,115 @@ def _quiet_tensorflow_logger():
         logger.setLevel(level)
 
 
-def _convert(saved_model, quantization, calibration, batch_size, int8_io, sparse):
-    """Runs the TFLite converter on a SavedModel with the options of one mode."""
-    import tensorflow as tf
+def _convert(model, saved_model, options, calibration, isolate, float_layers, names):
+    """The converter's flatbuffer, and the tensors of `float_layers` kept float.
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-    optimizations = []
-    if quantization is not None:
-        optimizations.append(tf.lite.Optimize.DEFAULT)
-    if sparse:
-        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
-    converter.optimizations = optimizations
-    if quantization == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    # An uncalibrated (quantization-aware) int8 model keeps the default op set:
-    # the converter refuses TFLITE_BUILTINS_INT8 without a representative_dataset
-    # before it looks for fake-quant ops. Ops the fake-quant covers still come
-    # out int8; inspect_tflite(...).float_compute_ops() lists any that do not.
-    elif quantization == "int8" and calibration is not None:
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    elif quantization == "int16x8":
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-        ]
-    if calibration is not None:
-        converter.representative_dataset = _representative_dataset(calibration, batch_size)
-    if int8_io:
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    return converter.convert()
+    With `float_layers`, the converter stops after calibration and the
+    calibrated file is quantized here, leaving those layers' ops out.
+    """
+    control_flow = conversion.control_flow_ops(saved_model)
+    child = isolate is True or (isolate == "auto" and calibration is not None and bool(control_flow))
+    converted = _run(model, saved_model, options, calibration, child, control_flow)
+    if not float_layers:
+        return converted, ()
+    float_nodes = _float_nodes(converted, model, float_layers, names["output_layers"], names["output_keys"])
+    quantized = (
+        conversion.quantize_calibrated(converted, int8_io=options["int8_io"], float_nodes=float_nodes, sparse=e)
+        for e in options["encodings"]
+    )
+    return min(quantized, key=len), float_nodes
 
 
-def _representative_dataset(samples, batch_size):
-    """The converter's `representative_dataset`: batches of the converted
-    input's fixed size, as the calibrator cannot resize a fixed batch."""
-    size = batch_size or 1
+def _run(model, saved_model, options, calibration, child, control_flow):
+    """The converter's flatbuffer, converted here or in a child process."""
+    if not child:
+        return conversion.convert(saved_model, options, calibration)
+    try:
+        return isolation.convert_in_child(saved_model, options, calibration)
+    except isolation.ChildConversionError as error:
+        if error.signal_name:
+            cause = f"TensorFlow's TFLite converter crashed ({error.signal_name})"
+        else:
+            cause = f"TensorFlow's TFLite converter failed (exit status {error.returncode})"
+        message = (
+            f"to_tflite: {cause} while converting model '{model.name}' with "
+            f"quantization={options['quantization']!r}, in a child process, so this process "
+            "is intact."
+        )
+        where, recurrent = _control_flow_layers(control_flow, model)
+        if where:
+            message += (
+                f" The traced graph has control flow from {where}; TensorFlow's calibrator runs "
+                "it in TFLite's interpreter and can crash on such loops."
+            )
+        if recurrent:
+            message += (
+                " Give the recurrent layers a fixed number of time steps in a Sequential or "
+                "Functional model (to_tflite then exports them unrolled), or convert with "
+                "quantization='dynamic' or None."
+            )
+        if error.output:
+            message += f" The converter's last output:\n{error.output}"
+        raise RuntimeError(message) from None
 
-    def batches():
-        for start in range(0, len(samples), size):
-            batch = samples[start : start + size]
-            # Padding with repeated samples leaves the calibrated min/max as is.
-            yield [np.resize(batch, (size, *batch.shape[1:]))]
 
-    return batches
+def _control_flow_layers(control_flow, model):
+    """`(text, recurrent)`: a readable list of the layers (or models) the
+    control-flow ops come from, and whether one is a recurrent layer."""
+    by_name = {layer.name: layer for layer in walk_layers(model)}
+    found, recurrent = [], False
+    for op_type, node in control_flow:
+        layers, chain = resolve_scope(node, model)
+        for name in layers:
+            found.append(f"layer '{name}' ({type(by_name[name]).__name__}, {op_type})")
+            recurrent |= wrapped_recurrent(by_name[name]) is not None
+        if not layers:
+            found.append(f"{op_type} '{node}'" + (f" in model '{chain[-1]}'" if chain else ""))
+    return ", ".join(dict.fromkeys(found)), recurrent
 
 
-def _input_name(tensor, index):
-    name = getattr(tensor, "name", None) or f"input_{index}"
-    return "".join(c if c.isalnum() or c in "_.-" else "_" for c in name)
+def _float_nodes(calibrated, model, float_layers, layers_of_outputs, output_keys):
+    """The names of the calibrated file's tensors written by ops of `float_layers`."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    content = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    graph = content.subgraphs[0]
+    by_key = {e.name.decode(): e.tensorIndex for e in content.signatureDefs[0].outputs}
+    order = {tensor: i for i, tensor in enumerate(int(t) for t in graph.outputs)}
+    # The main subgraph's outputs in its own order, each with its layer.
+    layers = [None] * len(order)
+    for key, layer in zip(output_keys, layers_of_outputs):
+        layers[order[by_key[key]]] = layer
+    nodes = []
+    for (number, i), candidates in op_layers(content, model, layers).items():
+        op = content.subgraphs[number].operators[i]
+        tensors = [content.subgraphs[number].tensors[t].name.decode() for t in op.outputs if t >= 0]
+        if tensors and in_layers(tensors[0], candidates, model, float_layers):
+            nodes += tensors
+    return nodes
+
+
+def _report_float_ops(flatbuffer, model, quantization, names, float_layers, calibration, strict):
+    """Warns (or with `strict`, raises) about the ops an integer file left float."""
+    groups = float_op_groups(
+        flatbuffer,
+        model,
+        output_layers=names["output_layers"],
+        keep_float=float_layers,
+        uncalibrated_qat=calibration is None,
+    )
+    if not groups:
+        return
+    message = float_ops_message(groups, model.name, quantization, strict)
+    if strict:
+        raise ValueError(message)
+    warnings.warn(message, FloatOpsWarning, stacklevel=3)
 
 
 def _has_sparse_weights(model):
     for w in model.weights:
         if len(w.shape) >= 2 and w.dtype.startswith("float"):
-            value = keras.ops.convert_to_numpy(w)
+            value = w.numpy()  # convert_to_numpy warns about numpy 2's copy keyword
             if np.count_nonzero(value == 0) >= SPARSE_AUTO_MIN_SPARSITY * value.size:
                 return True
     return False

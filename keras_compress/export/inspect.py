@@ -39,18 +39,27 @@ class OpInfo:
     """One operator of a TFLite model.
 
     Attributes:
-        index: its position in execution order.
+        index: its position in its subgraph's execution order.
         type: the builtin operator's name (`"CONV_2D"`, `"FULLY_CONNECTED"`...),
             or a custom op's custom code.
         input_dtypes: the dtypes of its inputs, in order; `None` for an
             optional input that is absent (such as a missing bias).
         output_dtypes: the dtypes of its outputs, in order.
+        subgraph: the index of the subgraph it runs in: 0 for the main
+            subgraph, which the interpreter invokes; others hold the bodies
+            and conditions of control-flow ops (WHILE, IF).
+        name: the name of its first output tensor, which the converter
+            builds from the TensorFlow name scopes of the ops it fused
+            (`"model_1/conv_1/Relu;model_1/conv_1/convolution"`);
+            `layer_candidates` maps it back to Keras layers.
     """
 
     index: int
     type: str
     input_dtypes: tuple
     output_dtypes: tuple
+    subgraph: int = 0
+    name: str = ""
 
     @property
     def dtype(self):
@@ -62,23 +71,28 @@ class OpInfo:
 class TFLiteInfo:
     """The contents of a TFLite flatbuffer, as `inspect_tflite` reads them.
 
-    Describes the main subgraph, the one the interpreter invokes.
-
     Attributes:
         size_bytes: the size of the flatbuffer.
         tensor_count: how many tensors the main subgraph has (constants
             included), as `Interpreter.get_tensor_details()` lists them.
-        ops: the main subgraph's operators (`OpInfo`), in execution order.
-        inputs: the model's input tensors (`TensorInfo`).
-        outputs: the model's output tensors (`TensorInfo`).
+        ops: the operators (`OpInfo`) of every subgraph: the main
+            subgraph's in execution order first, then those of each
+            control-flow body or condition (`op.subgraph` tells which).
+        inputs: the model's input tensors (`TensorInfo`), in the main
+            subgraph's order (the Keras model's order for files written by
+            `to_tflite`).
+        outputs: the model's output tensors (`TensorInfo`), likewise.
         subgraph_count: how many subgraphs the file has; more than one when
-            control-flow ops keep their bodies in subgraphs of their own, whose
-            ops are not in `ops`.
-        constant_bytes: `{dtype: bytes}` of the main subgraph's constant
-            tensors (weights, biases, shapes) as stored in the file's buffers.
+            control-flow ops (an LSTM's WHILE loop) keep their bodies in
+            subgraphs of their own.
+        constant_bytes: `{dtype: bytes}` of the constant tensors (weights,
+            biases, shapes) of all subgraphs as stored in the file's
+            buffers, each buffer counted once.
         sparse_tensors: the names of the tensors stored in TFLite's sparse
             format (with sparsity parameters), such as pruned weights
             converted with `sparse=True`.
+        subgraph_names: the name of each subgraph, main first (`"main"`,
+            `"lstm_1/while_body"`...).
     """
 
     size_bytes: int
@@ -89,6 +103,7 @@ class TFLiteInfo:
     subgraph_count: int
     constant_bytes: dict = dataclasses.field(default_factory=dict)
     sparse_tensors: tuple = ()
+    subgraph_names: tuple = ()
 
     def op_counts(self):
         """How many ops of each type and dtype the model has.
@@ -100,11 +115,13 @@ class TFLiteInfo:
         return dict(collections.Counter((op.type, op.dtype) for op in self.ops))
 
     def float_compute_ops(self):
-        """The ops that compute in floating point.
+        """The ops that compute in floating point, in every subgraph.
 
         QUANTIZE and DEQUANTIZE ops, which convert at the model's float inputs
         and outputs, are not counted. An empty list means every compute op
-        runs on integers, as in a fully int8 model.
+        runs on integers, as in a fully int8 model. Ops inside control-flow
+        bodies count too: an LSTM traced to a WHILE loop whose body stayed
+        float shows here.
 
         Returns:
             A list of `OpInfo` whose first output is float16, bfloat16,
@@ -120,7 +137,8 @@ class TFLiteInfo:
         return [op for op in self.ops if op.type not in CONVERSION_OPS and op.dtype in FLOAT_DTYPES]
 
     def summary(self):
-        """A readable table: size, inputs and outputs, then the ops in order."""
+        """A readable table: size, inputs and outputs, then the ops of each
+        subgraph in order, with the name of the tensor each op writes."""
         lines = [
             f"TFLite model: {self.size_bytes:,} bytes, {self.tensor_count} tensors, "
             f"{len(self.ops)} ops"
@@ -134,13 +152,25 @@ class TFLiteInfo:
             for t in tensors:
                 quantized = "" if t.scale is None else f"  scale={t.scale} zero_point={t.zero_point}"
                 lines.append(f"  {t.name}  {_shape_text(t.shape)}  {t.dtype}{quantized}")
-        rows = [("#", "op", "inputs", "outputs")] + [
-            (str(op.index), op.type, _dtypes_text(op.input_dtypes), _dtypes_text(op.output_dtypes))
+        header = ("#", "op", "inputs", "outputs", "tensor")
+        rows = [
+            (op.subgraph, (str(op.index), op.type, _dtypes_text(op.input_dtypes),
+                           _dtypes_text(op.output_dtypes), _shorten(op.name)))
             for op in self.ops
         ]
-        widths = [max(len(row[i]) for row in rows) for i in range(3)]
-        for row in rows:
-            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[3])
+        widths = [max(len(r[i]) for r in [header] + [r for _, r in rows]) for i in range(4)]
+
+        def line(row):
+            return "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[4]
+
+        lines.append(line(header))
+        shown = 0
+        for subgraph, row in rows:
+            if subgraph != shown:
+                shown = subgraph
+                name = self.subgraph_names[subgraph] if subgraph < len(self.subgraph_names) else ""
+                lines.append(f"Subgraph {subgraph} {name!r}:")
+            lines.append(line(row))
         return "\n".join(lines)
 
     def __str__(self):
@@ -180,18 +210,8 @@ def inspect_tflite(tflite):
     except Exception as error:  # a damaged flatbuffer fails anywhere in the generated reader
         raise ValueError(f"Cannot read the TFLite flatbuffer: {error!r}.") from error
     op_names = [_op_name(code) for code in model.operatorCodes or []]
-
-    def dtypes(indices):
-        return tuple(None if i < 0 else _dtype_name(graph.tensors[i].type) for i in indices)
-
     ops = tuple(
-        OpInfo(
-            index=i,
-            type=op_names[op.opcodeIndex],
-            input_dtypes=dtypes(_indices(op.inputs)),
-            output_dtypes=dtypes(_indices(op.outputs)),
-        )
-        for i, op in enumerate(graph.operators or [])
+        op for number, subgraph in enumerate(model.subgraphs) for op in _ops(subgraph, number, op_names)
     )
     return TFLiteInfo(
         size_bytes=len(content),
@@ -200,22 +220,56 @@ def inspect_tflite(tflite):
         inputs=tuple(_tensor_info(graph.tensors[i]) for i in _indices(graph.inputs)),
         outputs=tuple(_tensor_info(graph.tensors[i]) for i in _indices(graph.outputs)),
         subgraph_count=len(model.subgraphs),
-        constant_bytes=_constant_bytes(model, graph),
-        sparse_tensors=tuple(t.name.decode() for t in graph.tensors or [] if t.sparsity is not None),
+        constant_bytes=_constant_bytes(model),
+        sparse_tensors=tuple(
+            t.name.decode() for g in model.subgraphs for t in g.tensors or [] if t.sparsity is not None
+        ),
+        subgraph_names=tuple(_text(g.name) for g in model.subgraphs),
     )
 
 
-def _constant_bytes(model, graph):
-    """`{dtype: bytes}` of the tensors whose data the file stores."""
+def _ops(graph, number, op_names):
+    """The `OpInfo`s of one subgraph, in execution order."""
+
+    def dtypes(indices):
+        return tuple(None if i < 0 else _dtype_name(graph.tensors[i].type) for i in indices)
+
+    for i, op in enumerate(graph.operators or []):
+        outputs = _indices(op.outputs)
+        yield OpInfo(
+            index=i,
+            type=op_names[op.opcodeIndex],
+            input_dtypes=dtypes(_indices(op.inputs)),
+            output_dtypes=dtypes(outputs),
+            subgraph=number,
+            name=_text(graph.tensors[outputs[0]].name) if outputs else "",
+        )
+
+
+def _constant_bytes(model):
+    """`{dtype: bytes}` of the tensors whose data the file stores; a buffer
+    that several tensors share (the converter deduplicates them) counts once."""
     totals = collections.Counter()
-    for tensor in graph.tensors or []:
-        buffer = model.buffers[tensor.buffer] if model.buffers and tensor.buffer else None
-        if buffer is not None:
+    seen = set()
+    for graph in model.subgraphs:
+        for tensor in graph.tensors or []:
+            if not tensor.buffer or tensor.buffer in seen or not model.buffers:
+                continue
+            seen.add(tensor.buffer)
+            buffer = model.buffers[tensor.buffer]
             # Models over 2 GB keep their data after the flatbuffer (offset, size).
             size = len(buffer.data) if buffer.data is not None else int(buffer.size or 0)
             if size:
                 totals[_dtype_name(tensor.type)] += size
     return dict(totals)
+
+
+def _text(name):
+    return name.decode() if isinstance(name, bytes) else (name or "")
+
+
+def _shorten(name, limit=80):
+    return name if len(name) <= limit else name[: limit - 3] + "..."
 
 
 def _indices(vector):
@@ -255,7 +309,7 @@ def _tensor_info(tensor):
         scale = _scalar_or_tuple(quantization.scale)
         zero_point = _scalar_or_tuple(quantization.zeroPoint)
     return TensorInfo(
-        name=tensor.name.decode() if tensor.name else "",
+        name=_text(tensor.name),
         shape=tuple(None if d < 0 else d for d in _indices(shape)),
         dtype=_dtype_name(tensor.type),
         scale=scale,
