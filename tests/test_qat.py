@@ -313,20 +313,21 @@ def test_quantize_model_keeps_pruned_zeros_through_training_and_export():
     assert len(weights) == 1 and np.mean(weights[0] == 0) >= 0.79
 
 
-def test_unknown_layers_stay_float_with_a_warning():
+def test_layers_without_an_int8_rule_stay_float_with_a_warning_naming_the_reason():
     inputs = keras.Input((8,))
     x = L.Dense(6, name="d1")(inputs)
-    x = L.LayerNormalization(name="norm")(x)
+    x = L.Activation("elu", name="elu")(x)
     outputs = L.Dense(3, name="d2")(x)
     model = keras.Model(inputs, outputs)
-    with pytest.warns(UserWarning, match=r"stay float: 'norm' \(LayerNormalization\)"):
+    with pytest.warns(UserWarning, match=r"stay float.*'elu' \(Activation\): TFLite has no int8 kernel for ELU"):
         qat = quantize_model(model)
     x = np.random.default_rng(0).normal(size=(8, 8)).astype("float32")
     qat(x, training=True)
-    # d2 gets its input quantized again after the float LayerNormalization.
-    assert isinstance(qat.get_layer("norm_quant"), ActivationQuantizer)
-    types = op_types(kc.to_tflite(qat, quantization="int8"))
-    assert types.count("FULLY_CONNECTED") == 2
+    # d2 gets its input quantized again after the float activation.
+    assert isinstance(qat.get_layer("elu_quant"), ActivationQuantizer)
+    info = kc.inspect_tflite(kc.to_tflite(qat, quantization="int8"))
+    assert [op.type for op in info.ops].count("FULLY_CONNECTED") == 2
+    assert [op.type for op in info.float_compute_ops()] == ["ELU"]  # the warning told no lie
 
 
 def test_nested_models_are_inlined_and_rescaling_is_split():
@@ -349,8 +350,11 @@ def test_nested_models_are_inlined_and_rescaling_is_split():
 def test_softmax_output_gets_tflite_fixed_range():
     model = keras.Sequential([keras.Input((5,)), L.Dense(3, activation="softmax", name="probs")])
     qat = quantize_model(model)
-    quantizer = qat.get_layer("probs_softmax_quant")
+    # The output's quantizer takes the output's name, so output_names stay.
+    quantizer = qat.get_layer("probs")
+    assert isinstance(quantizer, ActivationQuantizer)
     assert quantizer.fixed_range == (0.0, 255 / 256)
+    assert qat.output_names == ["probs"]
 
 
 def test_quantize_annotate_and_apply_quantize_only_marked_layers():

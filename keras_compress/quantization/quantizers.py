@@ -52,6 +52,28 @@ def fake_quant_weights(kernel, limit, axis=None):
     )
 
 
+def keep_zeros(weight):
+    """`weight` with its exact zeros held at zero: they get no gradient, so an
+    optimizer step leaves them at zero (sparsity-preserving training)."""
+    return weight * ops.stop_gradient(ops.cast(ops.not_equal(weight, 0), weight.dtype))
+
+
+def quantize_kernel(kernel, stored_range, axis, training):
+    """Fake-quantizes `kernel` with the int8 range it will have in TFLite.
+
+    In training the range is `weight_range(kernel, axis)` and is written to
+    `stored_range`; in inference the stored range is read instead, because
+    the converter needs the range as a constant and does not fold the
+    reduction over a large kernel into one.
+    """
+    if training:
+        limit = weight_range(kernel, axis)
+        stored_range.assign(limit)
+    else:
+        limit = stored_range
+    return fake_quant_weights(kernel, limit, axis)
+
+
 def _global_min_max(x):
     """The minimum and maximum of `x` over the whole batch.
 
@@ -99,6 +121,12 @@ def check_float32_policy(where, subject, policy):
         "it (a model trained in mixed precision passes its weights on with "
         "get_weights() and set_weights())."
     )
+
+
+def check_wrapper_policies(where, wrapper):
+    """`check_float32_policy` for a quantization-aware wrapper and the layer it wraps."""
+    for owner in (wrapper, wrapper.layer):
+        check_float32_policy(where, f"the dtype policy of layer '{owner.name}'", owner.dtype_policy)
 
 
 def check_ema_decay(where, ema_decay):

@@ -6,26 +6,39 @@ from keras import layers as L
 from keras import ops
 
 from keras_compress.quantization.quantizers import (
-    check_float32_policy,
-    fake_quant_weights,
+    check_wrapper_policies,
+    keep_zeros,
+    quantize_kernel,
     weight_range,
 )
 
-# Layers whose kernel is fake-quantized, with the kernel axis that gets its own
-# int8 range (`None`: one range per tensor) and the kernel axes that hold the
-# output channels (where a folded BatchNormalization scales them).
-# Per-channel ranges only where the TFLite converter accepts them: per-channel
-# Dense kernels break it ("tfl.transpose op has mismatched quantized axes").
+# Layers whose kernel is fake-quantized, one row per kind:
+# (class, the weight attribute quantized, the kernel axis that gets its own
+# int8 range, the kernel axes that hold the output channels).
+# The range axis is `None` for one range per tensor, "depthwise" for per
+# channel when the depth multiplier is 1. Per-channel ranges only where the
+# TFLite converter accepts them: per-channel Dense kernels break it
+# ("tfl.transpose op has mismatched quantized axes"), and so do per-channel 1D
+# kernels, which it reshapes to 2D ("'tfl.reshape' op requires ... cast
+# compatible"); an EinsumDense becomes FULLY_CONNECTED, per tensor too. An
+# Embedding table is per tensor: GATHER's output shares the table's one scale.
+# The channel axes are where a folded BatchNormalization scales the kernel;
+# `None` where no BatchNormalization folds (the output channels of an
+# EinsumDense span several kernel axes, an Embedding has no bias to take the
+# shift).
 # Order matters: Conv2DTranspose and DepthwiseConv2D subclass Conv2D's base.
 QUANTIZABLE_KERNELS = (
-    (L.DepthwiseConv2D, "depthwise", (2, 3)),
-    (L.Conv2DTranspose, None, (2,)),
-    (L.Conv2D, -1, (3,)),
-    (L.Conv1D, None, (2,)),
-    (L.Dense, None, (1,)),
+    (L.DepthwiseConv2D, "kernel", "depthwise", (2, 3)),
+    (L.DepthwiseConv1D, "kernel", None, (1, 2)),
+    (L.Conv2DTranspose, "kernel", None, (2,)),
+    (L.Conv2D, "kernel", -1, (3,)),
+    (L.Conv1D, "kernel", None, (2,)),
+    (L.Dense, "kernel", None, (1,)),
+    (L.EinsumDense, "kernel", None, None),
+    (L.Embedding, "embeddings", None, None),
 )
 
-SUPPORTED_LAYER_NAMES = ", ".join(cls.__name__ for cls, _, _ in QUANTIZABLE_KERNELS)
+SUPPORTED_LAYER_NAMES = ", ".join(row[0].__name__ for row in QUANTIZABLE_KERNELS)
 
 # Activations TFLite fuses into the op before them, so they cost no extra
 # quantization step.
@@ -33,9 +46,9 @@ FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6")
 
 
 def _rule_for(layer):
-    for cls, axis, channel_axes in QUANTIZABLE_KERNELS:
-        if isinstance(layer, cls):
-            return axis, channel_axes
+    for row in QUANTIZABLE_KERNELS:
+        if isinstance(layer, row[0]):
+            return row[1:]
     return None
 
 
@@ -47,6 +60,23 @@ def activation_name(layer):
     return getattr(function, "__name__", None)
 
 
+def own_activation(layer):
+    """The activation a kernel layer applies; "linear" for one without any
+    (an Embedding)."""
+    return activation_name(layer) or "linear"
+
+
+def folds_batch_norm(layer):
+    """Whether a BatchNormalization after `layer` can fold into its kernel."""
+    rule = _rule_for(layer)
+    return rule is not None and rule[2] is not None
+
+
+def has_kernel_rule(layer):
+    """Whether `layer` is of a kind `QuantizeWrapper` has a row for."""
+    return isinstance(layer, L.Layer) and _rule_for(layer) is not None
+
+
 def why_not_quantizable(layer):
     """`None` if `QuantizeWrapper` can wrap `layer`, else the reason."""
     if isinstance(layer, QuantizeWrapper):
@@ -56,7 +86,10 @@ def why_not_quantizable(layer):
             f"layer '{layer.name}' ({type(layer).__name__}) has no kernel "
             f"quantization rule. Supported types: {SUPPORTED_LAYER_NAMES}."
         )
-    if getattr(layer, "groups", 1) != 1:
+    # A grouped Conv2D (ConvNeXt's depthwise convolutions) converts to a
+    # grouped int8 CONV_2D with per-channel ranges; other grouped
+    # convolutions were not checked.
+    if getattr(layer, "groups", 1) != 1 and not isinstance(layer, L.Conv2D):
         return f"layer '{layer.name}' is a grouped convolution (groups={layer.groups})."
     if getattr(layer, "quantization_mode", None):
         return f"layer '{layer.name}' is already quantized ({layer.quantization_mode})."
@@ -67,29 +100,36 @@ def why_not_quantizable(layer):
 
 @keras.saving.register_keras_serializable(package="keras_compress")
 class QuantizeWrapper(L.Wrapper):
-    """Trains a Dense or convolution layer with its kernel fake-quantized to int8.
+    """Trains a layer with its kernel (or embedding table) fake-quantized to int8.
 
     The kernel is quantized symmetrically (zero point 0, 255 levels): per
     output channel for Conv2D and DepthwiseConv2D (depth multiplier 1), per
-    tensor for the rest, as TFLite's int8 kernels expect. A
-    BatchNormalization that followed the layer is folded into it: the kernel
-    is scaled by `gamma / sqrt(moving_variance + epsilon)` before it is
-    quantized, so training sees the same int8 kernel the converter will
-    write. The moving statistics are frozen (gamma and beta still train):
-    one convolution per step, and no drift between training and inference.
+    tensor for the rest, as TFLite's int8 kernels expect. An Embedding's
+    table is quantized per tensor; TFLite's int8 GATHER gives its output the
+    table's scale, so the looked-up vectors are already on the int8 grid. A
+    BatchNormalization that followed a Dense or convolution layer is folded
+    into it: the kernel is scaled by `gamma / sqrt(moving_variance + epsilon)`
+    before it is quantized, so training sees the same int8 kernel the
+    converter will write. The moving statistics are frozen (gamma and beta
+    still train): one convolution per step, and no drift between training and
+    inference.
 
     Zero weights stay exactly zero when `preserve_sparsity` is on (the
     default): they get no gradient, so a pruned model stays pruned through
     quantization-aware training and export.
 
     The wrapper does not quantize its output; `quantize_model` puts an
-    `ActivationQuantizer` after it.
+    `ActivationQuantizer` after it (after an Embedding it needs none). Keras
+    masks pass through: an `Embedding(mask_zero=True)` still masks its
+    padding.
 
     Args:
-        layer: a Dense, Conv1D, Conv2D, Conv2DTranspose or DepthwiseConv2D
-            layer whose activation is linear, ReLU or ReLU6.
+        layer: a Dense, EinsumDense, Conv1D, Conv2D, Conv2DTranspose,
+            DepthwiseConv1D, DepthwiseConv2D or Embedding layer whose
+            activation is linear, ReLU or ReLU6.
         batch_norm: a `BatchNormalization` layer (channels last) to fold, or
-            `None`. The wrapped layer's own activation must then be linear.
+            `None`. Dense and convolution layers only; the wrapped layer's own
+            activation must then be linear.
         activation: `None`, `"relu"` or `"relu6"`: an activation applied after
             the folded batch normalization (the one TFLite fuses into the op).
         preserve_sparsity: keep zero weights at zero. Default `True`.
@@ -117,11 +157,11 @@ class QuantizeWrapper(L.Wrapper):
         reason = why_not_quantizable(layer)
         if reason:
             raise ValueError(f"QuantizeWrapper cannot wrap {reason}")
-        own_activation = activation_name(layer)
-        if own_activation not in FUSABLE_ACTIVATIONS:
+        own = own_activation(layer)
+        if own not in FUSABLE_ACTIVATIONS:
             raise ValueError(
                 f"QuantizeWrapper: layer '{layer.name}' has activation "
-                f"'{own_activation}'; the wrapped layer's activation must be one "
+                f"'{own}'; the wrapped layer's activation must be one "
                 f"of {FUSABLE_ACTIVATIONS}. Apply other activations in a separate "
                 "layer (quantize_model does this for you)."
             )
@@ -131,10 +171,16 @@ class QuantizeWrapper(L.Wrapper):
                     f"QuantizeWrapper '{layer.name}': batch_norm must be a "
                     f"BatchNormalization layer or None, got {batch_norm!r}."
                 )
-            if own_activation != "linear":
+            if not folds_batch_norm(layer):
                 raise ValueError(
                     f"QuantizeWrapper '{layer.name}': cannot fold batch_norm "
-                    f"'{batch_norm.name}' after activation '{own_activation}'; "
+                    f"'{batch_norm.name}' into a {type(layer).__name__}; only "
+                    "Dense and convolution layers take a folded BatchNormalization."
+                )
+            if own != "linear":
+                raise ValueError(
+                    f"QuantizeWrapper '{layer.name}': cannot fold batch_norm "
+                    f"'{batch_norm.name}' after activation '{own}'; "
                     "the wrapped layer's activation must be linear."
                 )
         if activation not in (None, "relu", "relu6"):
@@ -142,10 +188,10 @@ class QuantizeWrapper(L.Wrapper):
                 f"QuantizeWrapper '{layer.name}': activation must be None, 'relu' "
                 f"or 'relu6', got {activation!r}."
             )
-        if activation is not None and own_activation != "linear":
+        if activation is not None and own != "linear":
             raise ValueError(
                 f"QuantizeWrapper '{layer.name}': activation={activation!r} given "
-                f"but the layer already applies '{own_activation}'."
+                f"but the layer already applies '{own}'."
             )
         if not isinstance(preserve_sparsity, bool):
             raise TypeError(
@@ -154,13 +200,11 @@ class QuantizeWrapper(L.Wrapper):
             )
         kwargs.setdefault("name", f"quant_{layer.name}")
         super().__init__(layer, **kwargs)
-        for owner in (self, layer):
-            check_float32_policy(
-                "QuantizeWrapper", f"the dtype policy of layer '{owner.name}'", owner.dtype_policy
-            )
+        check_wrapper_policies("QuantizeWrapper", self)
         self.batch_norm = batch_norm
         self.activation = activation
         self.preserve_sparsity = preserve_sparsity
+        self.supports_masking = layer.supports_masking
 
     def build(self, input_shape=None):
         super().build(input_shape)
@@ -175,7 +219,7 @@ class QuantizeWrapper(L.Wrapper):
                     "only the channels-last axis can be folded."
                 )
         axis, _ = self._kernel_axes()
-        kernel = self.layer.kernel
+        kernel = self.kernel_variable
         self.kernel_range = self.add_weight(
             shape=() if axis is None else (kernel.shape[axis],),
             initializer="ones",
@@ -186,6 +230,13 @@ class QuantizeWrapper(L.Wrapper):
             name="kernel_range",
         )
         self.refresh_kernel_range()
+
+    @property
+    def kernel_variable(self):
+        """The variable that is fake-quantized: the kernel, or an
+        Embedding's table."""
+        attribute, _, _ = _rule_for(self.layer)
+        return getattr(self.layer, attribute)
 
     def refresh_kernel_range(self):
         """Sets the stored int8 kernel range from the current weights.
@@ -199,11 +250,11 @@ class QuantizeWrapper(L.Wrapper):
         self.kernel_range.assign(weight_range(kernel, axis))
 
     def _kernel_axes(self):
-        axis, channel_axes = _rule_for(self.layer)
+        _, axis, channel_axes = _rule_for(self.layer)
         if axis == "depthwise":
             # Per channel only with depth multiplier 1, where output channel c
             # is input channel c (kernel axis 2).
-            axis = 2 if self.layer.kernel.shape[3] == 1 else None
+            axis = 2 if self.kernel_variable.shape[3] == 1 else None
         return axis, channel_axes
 
     def folded_weights(self):
@@ -212,12 +263,12 @@ class QuantizeWrapper(L.Wrapper):
         With a folded BatchNormalization they are
         `kernel * gamma / sqrt(var + eps)` and
         `beta + (bias - mean) * gamma / sqrt(var + eps)`; without one, the
-        layer's own kernel and bias (`None` when it has none).
+        layer's own kernel and bias (`None` when it has none, or when the
+        layer adds its bias itself, as an EinsumDense does).
         """
-        kernel = ops.cast(self.layer.kernel, "float32")
+        kernel = ops.cast(self.kernel_variable, "float32")
         if self.preserve_sparsity:
-            # Zero weights get a zero gradient, so they stay exactly zero.
-            kernel = kernel * ops.stop_gradient(ops.cast(ops.not_equal(kernel, 0), "float32"))
+            kernel = keep_zeros(kernel)
         bias = self.layer.bias if getattr(self.layer, "use_bias", False) else None
         bias = None if bias is None else ops.cast(bias, "float32")
         bn = self.batch_norm
@@ -240,15 +291,10 @@ class QuantizeWrapper(L.Wrapper):
     def call(self, inputs, training=None):
         kernel, bias = self.folded_weights()
         axis, _ = self._kernel_axes()
-        if training:
-            limit = weight_range(kernel, axis)
-            self.kernel_range.assign(limit)
-        else:
-            # A stored range, not one computed from the kernel: the converter
-            # does not fold the reduction over large kernels into a constant.
-            limit = self.kernel_range
-        kernel = ops.cast(fake_quant_weights(kernel, limit, axis), self.layer.kernel.dtype)
-        mapping = [(self.layer.kernel, kernel)]
+        variable = self.kernel_variable
+        kernel = quantize_kernel(kernel, self.kernel_range, axis, training)
+        kernel = ops.cast(kernel, variable.dtype)
+        mapping = [(variable, kernel)]
         add_bias_after = False
         if bias is not None:
             if getattr(self.layer, "bias", None) is not None:
@@ -271,6 +317,12 @@ class QuantizeWrapper(L.Wrapper):
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
+
+    def compute_output_spec(self, *args, **kwargs):
+        return self.layer.compute_output_spec(*args, **kwargs)
+
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)
 
     def get_config(self):
         config = super().get_config()
