@@ -1063,8 +1063,20 @@ class _Mapping:
             ]
             if options:
                 error, tensor = min(options)
-                if error < VALUE_MATCH_MAX_ERROR:
+                if error < VALUE_MATCH_MAX_ERROR and not self._computed_by_parent(item, error):
                     self._assign(item, tensor, "value")
+
+    def _computed_by_parent(self, item, error):
+        """Whether the tensor of `item`'s only parent holds `item` at least as
+        well as `error`: an activation quantizer whose rounding the producing
+        op already does has no op of its own, and a nearby op of the same
+        shape (the SUB of a LayerNormalization reading it) only looks alike.
+        `_take_over` then gives it its parent's tensor."""
+        parents = self.trace.items[item].parents
+        if len(parents) != 1 or parents[0] not in self.tensor_of:
+            return False
+        tensor = self.tensor_of[parents[0]]
+        return self._fits(item, tensor) and self._err(item, tensor) <= SAME_ERROR_RATIO * error
 
     def _single_consumer(self, item):
         consumers = self.trace.items[item].consumers
