@@ -7,6 +7,8 @@ that mean something), and `train_briefly` fits them. Every model is kept
 small so that the whole matrix runs in a few minutes on 2 cores.
 """
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -241,3 +243,80 @@ def argmax_agreement(a, b):
     if a.shape[-1] == 1:
         return float(np.mean(np.abs(a - b) <= 0.05 * (np.std(a) + 1e-6)))
     return float(np.mean(a.argmax(-1) == b.argmax(-1)))
+
+
+# -- the pipeline every model goes through -----------------------------------
+
+
+def zero_masks(model):
+    """`[(path, zeros)]` for the weights of rank >= 2 that hold zeros."""
+    found = []
+    for w in model.weights:
+        if len(w.shape) >= 2:
+            values = keras.ops.convert_to_numpy(w)
+            if (values == 0).any():
+                found.append((w.path, values == 0))
+    return found
+
+
+def zeros_kept(before, after_model):
+    """Whether every zero of `before` (from `zero_masks`) is still zero in
+    some weight of `after_model` of the same shape, each weight used once;
+    and the first weight that lost zeros, if any."""
+    candidates = [
+        (w.path, keras.ops.convert_to_numpy(w) == 0) for w in after_model.weights if len(w.shape) >= 2
+    ]
+    for path, zeros in before:
+        match = next(
+            (c for c in candidates if c[1].shape == zeros.shape and c[1][zeros].all()), None
+        )
+        if match is None:
+            return False, path
+        candidates.remove(match)
+    return True, None
+
+
+def as_list(values):
+    return list(values) if isinstance(values, (list, tuple)) else [values]
+
+
+def compress_pipeline(model, x, y, x_test, *, sparsity=0.5, qat_epochs=1):
+    """prune -> strip -> QAT -> int8 `.tflite`, and PTQ int8 of the stripped
+    model for comparison. Returns a dict of what was measured."""
+    import keras_compress as kc
+    from keras_compress import pruning, quantization
+
+    pruned = pruning.prune_low_magnitude(model, pruning.ConstantSparsity(sparsity, 0, frequency=1))
+    compile_for(pruned)
+    pruned.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[pruning.UpdatePruningStep()])
+    stripped = pruning.strip_pruning(pruned)
+    zeros = zero_masks(stripped)
+
+    qat = quantization.quantize_model(stripped)
+    compile_for(qat)
+    qat.fit(x, y, epochs=qat_epochs, batch_size=32, verbose=0)
+    kept, lost_at = zeros_kept(zeros, qat)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        qat_file = kc.to_tflite(qat, quantization="int8")
+        ptq_file = kc.to_tflite(stripped, quantization="int8", representative_data=x)
+    qat_info = kc.inspect_tflite(qat_file)
+    keras_qat = as_list(qat.predict(x_test, verbose=0))
+    keras_float = as_list(stripped.predict(x_test, verbose=0))
+    tflite_qat = as_list(kc.predict_tflite(qat_file, x_test))
+    tflite_ptq = as_list(kc.predict_tflite(ptq_file, x_test))
+    return {
+        "qat_float_ops": sorted({op.type for op in qat_info.float_compute_ops()}),
+        "ptq_float_ops": sorted({op.type for op in kc.inspect_tflite(ptq_file).float_compute_ops()}),
+        "qat_agreement": [argmax_agreement(a, b) for a, b in zip(keras_qat, tflite_qat)],
+        "ptq_agreement": [argmax_agreement(a, b) for a, b in zip(keras_float, tflite_ptq)],
+        "output_names": [t.name for t in qat_info.outputs],
+        "expected_output_names": list(model.output_names),
+        "output_shapes": [t.shape[1:] for t in qat_info.outputs],
+        "expected_output_shapes": [tuple(o.shape[1:]) for o in model.outputs],
+        "pruned_weights": len(zeros),
+        "zeros_kept": kept,
+        "zeros_lost_at": lost_at,
+        "warnings": [str(w.message) for w in caught],
+    }
