@@ -9,6 +9,7 @@ from keras import layers as L
 from keras import ops
 
 from keras_compress._models import ATTENTION_MASK_REASON
+from keras_compress._wrappers import Wrapper
 from keras_compress.quantization.quantizers import (
     ActivationQuantizer,
     check_ema_decay,
@@ -72,7 +73,7 @@ def _attention_equations(rank, axes):
 
 
 @keras.saving.register_keras_serializable(package="keras_compress")
-class QuantizeMultiHeadAttention(L.Wrapper):
+class QuantizeMultiHeadAttention(Wrapper):
     """Trains a MultiHeadAttention layer as TFLite runs it in int8.
 
     The query, key, value and output projections (EinsumDense layers, which

@@ -5,6 +5,7 @@ import keras
 from keras import layers as L
 from keras import ops
 
+from keras_compress._wrappers import Wrapper
 from keras_compress.quantization.quantizers import (
     ActivationQuantizer,
     check_ema_decay,
@@ -20,7 +21,7 @@ _STEPS = (
 
 
 @keras.saving.register_keras_serializable(package="keras_compress")
-class QuantizeLayerNormalization(L.Wrapper):
+class QuantizeLayerNormalization(Wrapper):
     """Trains a LayerNormalization as TFLite computes it in int8.
 
     Keras computes `x * inv + (beta - mean * inv)` with

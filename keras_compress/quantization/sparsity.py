@@ -4,6 +4,7 @@ whose pruned zeros stay zero while it trains."""
 import keras
 from keras import layers as L
 
+from keras_compress._wrappers import Wrapper
 from keras_compress.quantization.quantizers import keep_zeros
 
 
@@ -28,7 +29,7 @@ def _preserved(variable):
 
 
 @keras.saving.register_keras_serializable(package="keras_compress")
-class SparsityPreservingWrapper(L.Wrapper):
+class SparsityPreservingWrapper(Wrapper):
     """Trains a layer with its zero weights held at exactly zero.
 
     Every trainable float weight of rank >= 2 except biases (kernels,
