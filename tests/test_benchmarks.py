@@ -95,3 +95,15 @@ def test_p50_agrees_with_litert_benchmark_tool_within_15_percent():
     assert set(medians) == {"interpreter", "compiled"}, stdout
     for runtime, ratio in medians.items():
         assert 0.85 <= float(ratio) <= 1.15, f"{runtime}: {ratio}\n{stdout}"
+
+
+@pytest.mark.slow
+def test_architecture_matrix_and_conversion_table_scripts(tmp_path):
+    out = tmp_path / "matrix.json"
+    stdout = run_script("architecture_matrix.py", "--seeds", 1, "--families", "conv1d", "--out", out)
+    row = [line for line in stdout.splitlines() if line.startswith("| conv1d |")]
+    assert row and row[0].endswith("| yes | yes |"), stdout[-2000:]
+    assert json.loads(out.read_text())["conv1d"][0]["qat_float_ops"] == []
+    table = run_script("conversion_table.py", "--only", "Dense,elu")
+    assert "| Dense | int8: FULLY_CONNECTED |" in table
+    assert "| elu | float ELU (of ELU) |" in table  # no int8 kernel: said, not hidden
