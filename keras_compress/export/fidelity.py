@@ -26,6 +26,7 @@ from keras.src.models.functional import Functional  # Keras has no public name f
 
 from keras_compress._models import graph_of, run_graph
 from keras_compress.export.interpreter import quantize_io, read_flatbuffer
+from keras_compress.export.naming import scope_matches
 
 # An exact match has an infinite signal-to-noise ratio; SNRs are clipped to
 # +-MAX_SNR_DB so that every value is a finite number in tables, JSON and
@@ -832,19 +833,6 @@ def _dequantize(values, detail):
 # -- matching tensors to layers ---------------------------------------------------------
 
 
-def _scope_matches(component, name):
-    """Whether a name-scope component stands for the Keras name `name`.
-
-    TensorFlow makes scopes unique with `_N` suffixes that depend on the
-    tracing history: layer 'dense' shows as 'dense_1' or 'dense_3', layer
-    'dense_1' as 'dense_1_2'. So 'dense_1' stands for both 'dense' and
-    'dense_1', and shapes and values decide between them.
-    """
-    if component == name:
-        return True
-    return component.startswith(name + "_") and component[len(name) + 1 :].isdigit()
-
-
 def _loose(name):
     """A TensorFlow op name ("Relu_1") or Keras op name ("relu") in the form
     both share ("relu"): no `_N` suffixes, no underscores, lower case."""
@@ -970,14 +958,14 @@ class _Mapping:
         entry = self.trace.items[item]
         name = entry.layer.name
         if isinstance(entry.layer, keras.layers.Layer):
-            hits = [h for h in self.scopes.get(name, ()) if _scope_matches(h[0][h[1]], name)]
+            hits = [h for h in self.scopes.get(name, ()) if scope_matches(h[0][h[1]], name)]
         else:
             hits = self.scopes.get("~" + _loose(name), [])
         paths = [entry.path, entry.path[1:]]
         scopes = {}
         for components, j, op in hits:
             prefix = components[:j]
-            if any(len(p) == j and all(_scope_matches(c, m) for c, m in zip(prefix, p)) for p in paths):
+            if any(len(p) == j and all(scope_matches(c, m) for c, m in zip(prefix, p)) for p in paths):
                 scopes.setdefault("/".join(components[: j + 1]), set()).add(op)
         return scopes
 

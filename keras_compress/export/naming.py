@@ -93,13 +93,17 @@ def resolve_scope(path, model):
     return list(dict.fromkeys(found)), chain
 
 
+def scope_matches(component, name):
+    """Whether a name-scope component may stand for the Keras name `name`:
+    it is `name`, or `name` with one `_N` suffix (see `layer_candidates`)."""
+    if component == name:
+        return True
+    base, separator, suffix = component.rpartition("_")
+    return bool(separator) and suffix.isdigit() and base == name
+
+
 def _matches(component, names):
     """The names in `names` that scope `component` may stand for, the
     suffix-stripped reading first (see `layer_candidates`)."""
-    matches = []
-    base, separator, suffix = component.rpartition("_")
-    if separator and suffix.isdigit() and base in names:
-        matches.append(base)
-    if component in names:
-        matches.append(component)
-    return matches
+    base = component.rpartition("_")[0]
+    return [n for n in (base, component) if n in names and scope_matches(component, n)]
