@@ -97,7 +97,7 @@ def check_fraction(api, name, value, include_zero=True, include_one=False, allow
 
 def check_bool(api, name, value):
     """Returns `value` if it is a bool (numpy's included), else raises TypeError."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if isinstance(value, bool) or type(value).__name__ in ("bool_", "bool"):
         return bool(value)
     raise TypeError(f"{_where(api, name)} must be True or False, got {describe(value)}.")
 
