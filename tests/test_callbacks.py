@@ -111,6 +111,52 @@ def test_no_warning_when_the_schedule_completes():
     assert sparsity_report(pruned).total.sparsity == pytest.approx(0.8, abs=0.01)
 
 
+def test_data_of_unknown_size_warns_at_the_end_of_fit_with_the_sparsity_reached():
+    """A filtered tf.data has no length, so the check at the first epoch cannot
+    run; the end of fit names the layers and the sparsity they were left at."""
+    import tensorflow as tf
+
+    x, y = toy_data(64)
+    keep = tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda a, b: b >= 0)  # keeps all, length unknown
+    data = keep.batch(8)  # 8 steps: 0..7
+    schedule = PolynomialDecay(0.0, 0.8, 0, 20, frequency=2, power=1)
+    pruned = compile_for_test(prune_low_magnitude(small_cnn(), schedule))
+    with pytest.warns(UserWarning, match=r"the fit ended after \d+ training steps") as record:
+        pruned.fit(data, epochs=1, verbose=0, callbacks=[UpdatePruningStep()])
+    ended = [str(w.message) for w in record if "the fit ended" in str(w.message)]
+    assert len(ended) == 1
+    # Keras begins a 9th batch (step 8) before it finds the data exhausted, and
+    # the masks are set before it: 0.8 * (8 / 20) = 0.32 (power 1), as the masks say.
+    assert "at sparsity 0.320, short of the final sparsity 0.8" in ended[0]
+    assert "prune_low_magnitude_conv_a" in ended[0] and "steps_per_epoch" in ended[0]
+    assert sparsity_report(pruned).total.sparsity == pytest.approx(0.32, abs=0.01)
+
+
+def test_data_of_unknown_size_that_completes_the_schedule_is_silent():
+    import tensorflow as tf
+
+    x, y = toy_data(64)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda a, b: b >= 0).batch(8)
+    pruned = compile_for_test(prune_low_magnitude(small_cnn(), PolynomialDecay(0.0, 0.8, 0, 6, frequency=2)))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        pruned.fit(data, epochs=1, verbose=0, callbacks=[UpdatePruningStep()])
+    assert not [w for w in record if "UpdatePruningStep" in str(w.message)]
+    assert sparsity_report(pruned).total.sparsity == pytest.approx(0.8, abs=0.01)
+
+
+def test_a_gap_too_small_to_print_is_not_called_unreached():
+    """PolynomialDecay(power=3) pruned last at step 99 of 100 sits at
+    0.7 * (1 - 0.01**3) = 0.6999993: printed 0.700, so not worth a warning
+    that would say "will not reach 0.7 ... at sparsity 0.700"."""
+    from keras_compress.pruning.callbacks import _reaches
+
+    schedule = PolynomialDecay(0.0, 0.7, 0, 100, frequency=1, power=3)
+    assert f"{schedule.sparsity(99):.3f}" == "0.700" and schedule.sparsity(99) < 0.7
+    assert _reaches(schedule, schedule.sparsity(99))
+    assert not _reaches(schedule, schedule.sparsity(90))  # 0.6993, printed 0.699
+
+
 def test_steps_per_execution_counts_every_step():
     x, y = toy_data(64)
     pruned = prune_low_magnitude(small_cnn(), PolynomialDecay(0.0, 0.5, 0, 8, frequency=4, power=1))

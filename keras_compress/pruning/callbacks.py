@@ -61,6 +61,12 @@ def check_strength_schedule(api, strength, start_epoch, end_epoch):
             )
 
 
+def _reaches(schedule, sparsity):
+    """Whether `sparsity` is the schedule's final one, to the precision the
+    messages print (a gap under 0.0005 is not a schedule left unfinished)."""
+    return sparsity >= schedule.final_sparsity - 5e-4
+
+
 class _StepTracking(keras.callbacks.Callback):
     """Keeps a Python copy of the wrappers' step, so the schedule is checked
     between batches without reading variables (which would stall each step).
@@ -197,7 +203,7 @@ class UpdatePruningStep(_StepTracking):
         first = self._step
         steps = schedule.pruning_steps(0, last_step)
         reached = max((schedule.sparsity(s) for s in steps), default=0.0)
-        if reached >= schedule.final_sparsity - 1e-9:
+        if _reaches(schedule, reached):
             return
         if not steps or steps[-1] < first:
             what = "no pruning step falls within this fit"
@@ -214,6 +220,41 @@ class UpdatePruningStep(_StepTracking):
             "end_step - begin_step a multiple of frequency.",
             stacklevel=2,
         )
+
+    def on_train_end(self, logs=None):
+        # The check at the first epoch needs the number of steps; data of
+        # unknown size (a filtered tf.data without steps_per_epoch) only
+        # tells at the end. Whatever the data, a fit that ends short of a
+        # schedule's final sparsity says so, naming the layers.
+        if self._warned or getattr(self, "_last_batch", None) is None:
+            return
+        # Masks were last set before the last batch begun (data of unknown
+        # size begins one batch more than it has, then stops); the wrappers
+        # count the steps that trained.
+        last_step = self._epoch_start + self._last_batch + self._steps_per_call() - 1
+        trained = int(self._wrappers[0].pruning_step.numpy())
+        short = []  # (schedule, names, reached)
+        for schedule, wrappers, _ in self._groups:
+            steps = schedule.pruning_steps(0, last_step)
+            reached = schedule.sparsity(steps[-1]) if len(steps) else 0.0
+            if _reaches(schedule, reached):
+                continue
+            for known, names, _ in short:
+                if known == schedule:
+                    names.extend(w.name for w in wrappers)
+                    break
+            else:
+                short.append((schedule, [w.name for w in wrappers], reached))
+        for schedule, names, reached in short:
+            self._warned = True
+            warnings.warn(
+                f"UpdatePruningStep: the fit ended after {trained} training steps with "
+                f"{', '.join(names)} at sparsity {reached:.3f}, short of the final "
+                f"sparsity {schedule.final_sparsity} of {schedule!r}. Train for more "
+                "steps (with data of unknown size, pass steps_per_epoch to fit), or "
+                "lower end_step.",
+                stacklevel=2,
+            )
 
     def on_train_batch_begin(self, batch, logs=None):
         super().on_train_batch_begin(batch, logs)
