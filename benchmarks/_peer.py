@@ -3,7 +3,7 @@ TF_USE_LEGACY_KERAS for its whole process) and reading its RESULT line."""
 
 import os
 
-from keras_compress.demo import run_peer_script
+from keras_compress.peers import run_peer_script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

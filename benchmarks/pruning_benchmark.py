@@ -72,7 +72,7 @@ from _keras_timing import interleaved_ms_per_step  # noqa: E402
 from _peer import run_peer  # noqa: E402
 from _timing import describe, mean_std, status, timing_summary  # noqa: E402
 from keras_compress import pruning  # noqa: E402
-from keras_compress.demo import build_cnn, compile_classifier as compiled  # noqa: E402
+from keras_compress.examples import build_cnn, compile_classifier as compiled  # noqa: E402
 
 
 def copy_of(model):

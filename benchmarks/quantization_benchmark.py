@@ -56,7 +56,7 @@ import keras_compress as kc  # noqa: E402
 from _keras_timing import interleaved_ms_per_step  # noqa: E402
 from _peer import run_peer  # noqa: E402
 from _timing import describe, mean_std, status, timing_summary  # noqa: E402
-from keras_compress.demo import build_cnn, compile_classifier as compiled  # noqa: E402
+from keras_compress.examples import build_cnn, compile_classifier as compiled  # noqa: E402
 from keras_compress.quantization import quantize_model  # noqa: E402
 
 

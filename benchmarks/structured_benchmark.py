@@ -1,6 +1,6 @@
 """Structured pruning benchmark: smaller *and faster* TFLite models.
 
-(a) The bundled MNIST CNN (demo.build_cnn: 2 conv + 2 dense, 56.7k
+(a) The bundled MNIST CNN (examples.build_cnn: 2 conv + 2 dense, 56.7k
     parameters), trained on the 8,000-image split, then `shrink` removes 50% of
     the filters and units of every group (L1 criterion) and the smaller model
     is fine-tuned; a control trains the baseline for the same extra epochs.
@@ -70,7 +70,7 @@ from keras import layers as L  # noqa: E402
 
 import keras_compress as kc  # noqa: E402
 from _timing import describe, mean_std, status, summarize_ratios  # noqa: E402
-from keras_compress.demo import build_cnn, compile_classifier  # noqa: E402
+from keras_compress.examples import build_cnn, compile_classifier  # noqa: E402
 from tflite_bench import benchmark_model  # noqa: E402
 
 

@@ -46,10 +46,10 @@ from _timing import timing_summary
 
 
 def _package_peer():
-    """keras_compress/tfmot_peer.py, the demo's tfmot peer, loaded from its
+    """keras_compress/peer-scripts/tfmot_peer.py, the demo's tfmot peer, loaded from its
     file: importing the keras_compress package would load Keras 3 here."""
     folder = importlib.util.find_spec("keras_compress").submodule_search_locations[0]
-    spec = importlib.util.spec_from_file_location("kc_tfmot_peer", os.path.join(folder, "tfmot_peer.py"))
+    spec = importlib.util.spec_from_file_location("kc_tfmot_peer", os.path.join(folder, "peer-scripts", "tfmot_peer.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -10,118 +10,31 @@ Writes the `.tflite` files, `results.json`, `results.csv`, `report.md` and the
 plots (with matplotlib, extra `[plot]`) into one folder.
 """
 
-import importlib.util
 import json
 import math
 import os
-import subprocess
-import sys
-import tempfile
 import time
 
 import keras
-import numpy as np
 
 from keras_compress import datasets, pruning
 from keras_compress.distillation import Distiller
+from keras_compress.examples import (
+    FINAL_SPARSITY,
+    STRUCTURED_AMOUNT,
+    build_cnn,
+    build_student,
+    compile_classifier,
+    magnitude_schedule,
+)
 from keras_compress.export import to_tflite
+from keras_compress.peers import check_tfmot_installed, run_tfmot_peer
 from keras_compress.quantization import quantize_model
-
-FINAL_SPARSITY = 0.8
-STRUCTURED_AMOUNT = 0.5
-
-
-def build_cnn():
-    """The demo and benchmark model: 2 conv + 2 dense, 56.7k parameters."""
-    return keras.Sequential(
-        [
-            keras.Input((28, 28, 1), name="image"),
-            keras.layers.Conv2D(16, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(32, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(10),
-        ],
-        name="mnist_cnn",
-    )
-
-
-def build_student():
-    """The distillation student: Flatten-Dense(32)-Dense(10), 25.4k parameters."""
-    return keras.Sequential(
-        [
-            keras.Input((28, 28, 1), name="image"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(10),
-        ],
-        name="mnist_student",
-    )
-
-
-def compile_classifier(model):
-    """Adam(1e-3), sparse cross-entropy on logits, accuracy: the demo's training setup."""
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
+from tflite_bench.checks import check_bool, check_int
 
 
 def _status(message):
     print(f"\n[keras-compress demo] {message}", flush=True)
-
-
-def _magnitude_schedule(steps):
-    """80% by PolynomialDecay, reached after ~60% of the fine-tuning steps,
-    with at least 10 mask updates however short the run."""
-    frequency = max(1, min(100, steps // 10))
-    end_step = max(frequency, (int(0.6 * steps) // frequency) * frequency)
-    return pruning.PolynomialDecay(0.5, FINAL_SPARSITY, 0, end_step, frequency=frequency)
-
-
-def check_tfmot_installed():
-    """Raises unless the `[tfmot]` extra (tfmot and tf-keras) is installed."""
-    missing = [name for name in ("tensorflow_model_optimization", "tf_keras")
-               if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ValueError(f"with_tfmot needs {' and '.join(missing)}: install the [tfmot] extra, "
-                         "pip install 'keras-compress[tfmot]'.")
-
-
-def run_peer_script(script, data, arguments, show_progress=False):
-    """Runs a peer script (tfmot, in its own process: it needs
-    TF_USE_LEGACY_KERAS for the whole process) on `data`, `((x, y), (x, y))`
-    arrays handed over as an .npz (`--data`), with extra command-line
-    `arguments`; returns the JSON of its last `RESULT ` line.
-
-    With `show_progress`, the script's stderr (its progress lines) passes
-    through; otherwise it is kept for the error message.
-    """
-    (x_train, y_train), (x_test, y_test) = data
-    with tempfile.TemporaryDirectory() as tmp:
-        split = os.path.join(tmp, "split.npz")
-        np.savez(split, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-        done = subprocess.run(
-            [sys.executable, script, "--data", split, *map(str, arguments)],
-            stdout=subprocess.PIPE, stderr=None if show_progress else subprocess.PIPE, text=True,
-            env={**os.environ, "TF_USE_LEGACY_KERAS": "1"},
-        )
-    results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not results:
-        messages = "its messages are above." if show_progress else f"its last messages:\n{done.stderr[-3000:]}"
-        raise RuntimeError(f"{os.path.basename(script)} failed (exit code {done.returncode}); {messages}")
-    return json.loads(results[-1][len("RESULT "):])
-
-
-def run_tfmot_peer(out, data, epochs, seed):
-    """Runs `keras_compress/tfmot_peer.py`, showing its progress; returns its RESULT."""
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tfmot_peer.py")
-    arguments = ["--out", out, "--epochs", epochs, "--seed", seed]
-    return run_peer_script(script, data, arguments, show_progress=True)
 
 
 def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0, with_tfmot=False):
@@ -138,8 +51,9 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
             and data (tf_keras, in a subprocess; extra `[tfmot]`) and put its
             variants in the same table.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}.")
+    check_int("run_demo", "epochs", epochs, minimum=1)
+    check_bool("run_demo", "quick", quick)
+    check_bool("run_demo", "with_tfmot", with_tfmot)
     if with_tfmot:
         check_tfmot_installed()
     import tflite_bench.report  # the demo is where the library and the bench meet
@@ -159,7 +73,7 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
     baseline.fit(**fit)
 
     _status(f"2/{stages} magnitude pruning to {FINAL_SPARSITY:.0%} with PolynomialDecay ({epochs} epochs)")
-    pruned = compile_classifier(pruning.prune_low_magnitude(baseline, _magnitude_schedule(steps)))
+    pruned = compile_classifier(pruning.prune_low_magnitude(baseline, magnitude_schedule(steps)))
     pruned.fit(**fit, callbacks=[pruning.UpdatePruningStep()])
     pruned = pruning.strip_pruning(pruned)
 

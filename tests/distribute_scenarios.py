@@ -27,7 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_compress as kc  # noqa: E402
-from keras_compress import _models, demo  # noqa: E402
+from keras_compress import _models, examples  # noqa: E402
 from keras_compress.pruning import PruneWrapper  # noqa: E402
 from keras_compress.quantization import ActivationQuantizer  # noqa: E402
 
@@ -88,18 +88,18 @@ def _pruning_state(model):
 
 
 def pruning(weights):
-    model = demo.build_cnn()
+    model = examples.build_cnn()
     model.set_weights(weights)
     schedule = kc.pruning.PolynomialDecay(0.5, 0.8, begin_step=0, end_step=STEPS // 2, frequency=8)
-    pruned = demo.compile_classifier(kc.pruning.prune_low_magnitude(model, schedule))
+    pruned = examples.compile_classifier(kc.pruning.prune_low_magnitude(model, schedule))
     _fit(pruned, [kc.pruning.UpdatePruningStep()])
     return {"accuracy": _accuracy(pruned), **_pruning_state(pruned)}
 
 
 def l1_threshold(weights):
-    model = demo.build_cnn()
+    model = examples.build_cnn()
     model.set_weights(weights)
-    pruned = demo.compile_classifier(kc.pruning.prune_low_magnitude(model, None))
+    pruned = examples.compile_classifier(kc.pruning.prune_low_magnitude(model, None))
     history = _fit(
         pruned,
         [
@@ -115,9 +115,9 @@ def l1_threshold(weights):
 
 
 def qat(weights):
-    model = demo.build_cnn()
+    model = examples.build_cnn()
     model.set_weights(weights)
-    quantized = demo.compile_classifier(kc.quantization.quantize_model(model))
+    quantized = examples.compile_classifier(kc.quantization.quantize_model(model))
     _fit(quantized)
     learned = [
         l for l in _models.walk_layers(quantized)
@@ -133,9 +133,9 @@ def qat(weights):
 
 def distillation(weights):
     teacher_weights, student_weights = weights
-    teacher = demo.build_cnn()
+    teacher = examples.build_cnn()
     teacher.set_weights(teacher_weights)
-    student = demo.build_student()
+    student = examples.build_student()
     student.set_weights(student_weights)
     distiller = kc.distillation.Distiller(student=student, teacher=teacher)
     distiller.compile(
@@ -176,16 +176,16 @@ def first_batch_range(_):
 
 def _trained_teacher():
     keras.utils.set_random_seed(2)
-    teacher = demo.compile_classifier(demo.build_cnn())
+    teacher = examples.compile_classifier(examples.build_cnn())
     teacher.fit(X, Y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0)
     return teacher.get_weights()
 
 
 SCENARIOS = {
-    "pruning": (pruning, lambda: _initial_weights(demo.build_cnn)),
-    "l1_threshold": (l1_threshold, lambda: _initial_weights(demo.build_cnn)),
-    "qat": (qat, lambda: _initial_weights(demo.build_cnn)),
-    "distillation": (distillation, lambda: (_trained_teacher(), _initial_weights(demo.build_student))),
+    "pruning": (pruning, lambda: _initial_weights(examples.build_cnn)),
+    "l1_threshold": (l1_threshold, lambda: _initial_weights(examples.build_cnn)),
+    "qat": (qat, lambda: _initial_weights(examples.build_cnn)),
+    "distillation": (distillation, lambda: (_trained_teacher(), _initial_weights(examples.build_student))),
     "first_batch_range": (first_batch_range, lambda: None),
 }
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import assert_unchanged, compile_for_test, small_cnn, snapshot, value
 
 import keras_compress as kc
-from keras_compress import demo
+from keras_compress import examples
 from keras_compress import pruning
 from keras_compress.quantization import (
     ActivationQuantizer,
@@ -235,9 +235,9 @@ def test_qat_blocks_convert_to_one_int8_op_each():
 def mnist_qat():
     keras.utils.set_random_seed(0)
     (x_train, y_train), (x_test, y_test) = kc.datasets.load_mnist()
-    model = demo.compile_classifier(demo.build_cnn())
+    model = examples.compile_classifier(examples.build_cnn())
     model.fit(x_train, y_train, epochs=1, batch_size=64, verbose=0)
-    qat = demo.compile_classifier(quantize_model(model))
+    qat = examples.compile_classifier(quantize_model(model))
     qat.fit(x_train, y_train, epochs=1, batch_size=64, verbose=0)
     return qat, x_test, y_test
 
@@ -254,7 +254,7 @@ def test_qat_tflite_is_all_int8_and_agrees_with_keras_on_mnist(mnist_qat):
     assert agreement >= 0.995
     assert np.mean(tflite.argmax(-1) == y_test) > 0.9
     # int8 weights: about a quarter of the float file.
-    float_bytes = len(kc.to_tflite(demo.build_cnn()))
+    float_bytes = len(kc.to_tflite(examples.build_cnn()))
     assert len(flatbuffer) < 0.3 * float_bytes
 
 
@@ -287,11 +287,11 @@ def test_quantize_model_keeps_pruned_zeros_through_training_and_export():
     keras.utils.set_random_seed(0)
     (x, y), _ = kc.datasets.load_mnist()
     x, y = x[:2000], y[:2000]
-    pruned = demo.compile_classifier(
-        pruning.prune_low_magnitude(demo.build_cnn(), pruning.ConstantSparsity(0.8, 0))
+    pruned = examples.compile_classifier(
+        pruning.prune_low_magnitude(examples.build_cnn(), pruning.ConstantSparsity(0.8, 0))
     )
     pruned.fit(x, y, epochs=1, verbose=0, callbacks=[pruning.UpdatePruningStep()])
-    qat = demo.compile_classifier(quantize_model(pruned))
+    qat = examples.compile_classifier(quantize_model(pruned))
     assert not any(isinstance(l, pruning.PruneWrapper) for l in qat.layers)
     dense = [l for l in qat.layers if isinstance(l, QuantizeWrapper)][2].layer
     zeros = value(dense.kernel) == 0

@@ -215,7 +215,7 @@ def quantize_apply(model, *, preserve_sparsity=True, ema_decay=0.99):
 
 
 def _check_model(model, api):
-    _models.check_graph_model(model, api, "QuantizeWrapper on its layers")
+    _models.check_graph_model(model, api, "QuantizeWrapper")
     _models.check_finite_weights(model, api)
     # The layers it adds take the global policy; the layers it copies keep theirs.
     check_float32_policy(api, "the global dtype policy", keras.mixed_precision.global_policy())

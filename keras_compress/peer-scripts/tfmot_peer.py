@@ -21,7 +21,7 @@ The benchmark peers in `benchmarks/` reuse its model and conversion helpers.
 
 Usage:
 
-    python keras_compress/tfmot_peer.py --data split.npz --out DIR [--epochs 3] [--seed 0]
+    python keras_compress/peer-scripts/tfmot_peer.py --data split.npz --out DIR [--epochs 3] [--seed 0]
 """
 
 import os
@@ -49,7 +49,7 @@ def log(stage):
 
 
 def build_model():
-    """The demo CNN (`keras_compress.demo.build_cnn`) in tf_keras."""
+    """The demo CNN (`keras_compress.examples.build_cnn`) in tf_keras."""
     return keras.Sequential(
         [
             keras.Input(shape=(28, 28, 1)),
@@ -104,7 +104,7 @@ def convert(model, optimizations, representative=None):
 
 
 def demo_schedule(steps):
-    """The demo's schedule (`keras_compress.demo._magnitude_schedule`) in tfmot."""
+    """The demo's schedule (`keras_compress.examples.magnitude_schedule`) in tfmot."""
     frequency = max(1, min(100, steps // 10))
     end_step = max(frequency, (int(0.6 * steps) // frequency) * frequency)
     return tfmot.sparsity.keras.PolynomialDecay(0.5, FINAL_SPARSITY, 0, end_step, frequency=frequency)

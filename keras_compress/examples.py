@@ -1,0 +1,76 @@
+"""The package's example models and training setup.
+
+The demo, the tutorials, the benchmarks and the tests train the same small
+models the same way; they are defined once, here:
+
+- `build_cnn()`: the MNIST CNN (2 conv + 2 dense, 56.7k parameters);
+- `build_student()`: the distillation student (Flatten, Dense(32), Dense(10));
+- `compile_classifier(model)`: Adam(1e-3), sparse cross-entropy on logits, accuracy;
+- `magnitude_schedule(steps)`: the demo's gradual pruning schedule to
+  `FINAL_SPARSITY`.
+
+The tf_keras peer (`keras_compress/peer-scripts/tfmot_peer.py`) builds the
+same CNN and schedule in tf_keras for side-by-side runs.
+"""
+
+import keras
+
+from keras_compress import pruning
+from tflite_bench.checks import check_int
+
+FINAL_SPARSITY = 0.8
+STRUCTURED_AMOUNT = 0.5
+
+
+def build_cnn():
+    """The demo and benchmark model: 2 conv + 2 dense, 56.7k parameters."""
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1), name="image"),
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10),
+        ],
+        name="mnist_cnn",
+    )
+
+
+def build_student():
+    """The distillation student: Flatten-Dense(32)-Dense(10), 25.4k parameters."""
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1), name="image"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10),
+        ],
+        name="mnist_student",
+    )
+
+
+def compile_classifier(model):
+    """Adam(1e-3), sparse cross-entropy on logits, accuracy: the examples' training setup.
+
+    Returns `model`, compiled."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"compile_classifier: model must be a keras.Model, got {type(model).__name__}.")
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def magnitude_schedule(steps, final_sparsity=FINAL_SPARSITY):
+    """`PolynomialDecay` from 50% to `final_sparsity`, reached after about 60%
+    of `steps` fine-tuning steps, with at least 10 mask updates however short
+    the run."""
+    check_int("magnitude_schedule", "steps", steps, minimum=1)
+    frequency = max(1, min(100, steps // 10))
+    end_step = max(frequency, (int(0.6 * steps) // frequency) * frequency)
+    return pruning.PolynomialDecay(0.5, final_sparsity, 0, end_step, frequency=frequency)
