@@ -69,6 +69,23 @@ def test_sparse_auto_keeps_the_smaller_int8_file(sparsity, encoded):
     assert bool(sparse_tensors(files["auto"])) == encoded
 
 
+def test_size_by_gzip_keeps_the_smaller_download():
+    """At 80% zeros the sparse-encoded float file is the smaller file, but the
+    dense one's runs of zero bytes gzip better: each measure keeps its winner."""
+    import gzip
+
+    model = pruned_mlp(0.8)
+    files = {mode: to_tflite(model, sparse=mode) for mode in (True, False)}
+    raw = {mode: len(f) for mode, f in files.items()}
+    zipped = {mode: len(gzip.compress(f, compresslevel=9)) for mode, f in files.items()}
+    by_raw, by_gzip = to_tflite(model), to_tflite(model, size_by="gzip")
+    assert len(by_raw) == min(raw.values())
+    assert len(gzip.compress(by_gzip, compresslevel=9)) == min(zipped.values())
+    assert by_raw == files[min(raw, key=raw.get)] and by_gzip == files[min(zipped, key=zipped.get)]
+    with pytest.raises(ValueError, match="to_tflite: size_by must be one of 'raw', 'gzip', got 'zip'."):
+        to_tflite(model, size_by="zip")
+
+
 def test_sparse_auto_leaves_a_dense_model_alone():
     model = small_cnn()
     assert to_tflite(model) == to_tflite(model, sparse=False)

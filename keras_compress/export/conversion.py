@@ -8,6 +8,7 @@ not take the caller's process down. Run as a script, it converts the job
 that `write_job` put in a directory.
 """
 
+import gzip
 import json
 import os
 import sys
@@ -45,7 +46,22 @@ def convert(saved_model, options, calibration=None):
         # TensorFlow's calibrator uses its own deprecated tf.lite.Interpreter
         # and warns about it: nothing the caller can act on.
         warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
-        return min((_convert_once(saved_model, options, calibration, e) for e in encodings), key=len)
+        files = (_convert_once(saved_model, options, calibration, e) for e in encodings)
+        return smallest(files, options.get("size_by", "raw"))
+
+
+SIZE_MEASURES = ("raw", "gzip")
+
+
+def file_size(flatbuffer, size_by="raw"):
+    """The size that decides between encodings: `"raw"` bytes, or `"gzip"`
+    bytes (level 9, as `tflite_bench` reports them)."""
+    return len(gzip.compress(flatbuffer, compresslevel=9)) if size_by == "gzip" else len(flatbuffer)
+
+
+def smallest(flatbuffers, size_by="raw"):
+    """The smallest of `flatbuffers` by `file_size(..., size_by)`."""
+    return min(flatbuffers, key=lambda flatbuffer: file_size(flatbuffer, size_by))
 
 
 def _convert_once(saved_model, options, calibration, sparse):

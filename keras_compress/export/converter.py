@@ -55,6 +55,7 @@ def to_tflite(
     calibration_steps=100,
     int8_io=False,
     sparse="auto",
+    size_by="raw",
     batch_size=1,
     input_signature=None,
     float_layers=None,
@@ -145,6 +146,13 @@ def to_tflite(
             CONV_2D, DEPTHWISE_CONV_2D and TRANSPOSE_CONV ops; pruned weights
             read by any other op (an Embedding's GATHER table) stay dense, and
             a `DenseZerosWarning` names their layers.
+        size_by: what "smaller" means for `sparse="auto"`: `"raw"`
+            (default) compares the files' bytes, what a device stores and
+            loads; `"gzip"` compares their gzip-compressed bytes (level 9),
+            what a compressed download carries. The two can disagree: zeros
+            compress well, so the dense int8 file of a pruned model is often
+            the smaller download while the sparse-encoded one is the smaller
+            file.
         batch_size: the batch dimension of the converted inputs. Default 1,
             the usual on-device shape; `None` keeps it dynamic.
         input_signature: the inputs to trace the model with, when
@@ -201,6 +209,9 @@ def to_tflite(
                        representative_data={"numbers": numbers, "image": images})
     ```
     """
+    from tflite_bench.checks import check_choice  # TODO(layering): module level once tflite_bench is Keras-free
+
+    check_choice("to_tflite", "size_by", size_by, conversion.SIZE_MEASURES)
     _check_arguments(model, output, quantization, calibration_steps, int8_io, sparse, batch_size,
                      strict, isolate)
     quantization = _resolve_quantization(model, quantization)
@@ -230,6 +241,7 @@ def to_tflite(
             "int8_io": int8_io,
             "encodings": [True, False] if sparse == "auto" and _has_sparse_weights(model) else [sparse is True],
             "calibrate_only": bool(float_layers),
+            "size_by": size_by,
         }
         converted, float_nodes = _convert(model, saved_model, options, calibration, isolate, float_layers, names)
 
@@ -476,7 +488,7 @@ def _convert(model, saved_model, options, calibration, isolate, float_layers, na
         conversion.quantize_calibrated(converted, int8_io=options["int8_io"], float_nodes=float_nodes, sparse=e)
         for e in options["encodings"]
     )
-    return min(quantized, key=len), float_nodes
+    return conversion.smallest(quantized, options["size_by"]), float_nodes
 
 
 def _run(model, saved_model, options, calibration, child, control_flow):
