@@ -111,6 +111,33 @@ def test_layer_and_list_input_wrap_in_place():
     assert [w.pruning_schedule for w in wrappers] == [None, None]
 
 
+def test_tfmot_form_wrapped_layer_inside_a_sequential_list_trains():
+    """tfmot's guide: Sequential([prune_low_magnitude(Dense(20, input_shape=(784,))), ...]).
+    The wrapped layer's input shape becomes the model's, so it is built and prunes."""
+    from keras_compress.pruning import UpdatePruningStep
+
+    model = keras.Sequential([
+        prune_low_magnitude(L.Dense(20, input_shape=(16,)), ConstantSparsity(0.5, 0, frequency=1)),
+        L.Dense(3),
+    ])
+    assert model.built and model.inputs[0].shape == (None, 16)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).normal(size=(32, 16)).astype("float32")
+    model.fit(x, np.arange(32) % 3, batch_size=8, epochs=1, verbose=0, callbacks=[UpdatePruningStep()])
+    kernel = value(model.layers[0].layer.kernel)
+    assert np.count_nonzero(kernel == 0) == kernel.size // 2
+
+
+def test_unbuilt_model_is_refused_at_fit_with_the_fix():
+    from keras_compress.pruning import UpdatePruningStep
+
+    model = keras.Sequential([prune_low_magnitude(L.Dense(20)), L.Dense(3)])
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.zeros((8, 16), "float32")
+    with pytest.raises(ValueError, match=r"UpdatePruningStep: model '.*' is not built, so its pruning wrappers \(prune_low_magnitude_dense.*\) have no masks yet. Give the model its input shape"):
+        model.fit(x, np.zeros(8), epochs=1, verbose=0, callbacks=[UpdatePruningStep()])
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [

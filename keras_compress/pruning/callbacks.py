@@ -82,6 +82,17 @@ class _StepTracking(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._wrappers = prune_wrappers(self.model, type(self).__name__)
+        unbuilt = [w.name for w in self._wrappers if not w.built]
+        if unbuilt:
+            # Keras builds a model without known inputs only when it traces the
+            # first step, after on_train_begin: the masks and the step do not
+            # exist yet, so no schedule could be applied from step 0.
+            raise ValueError(
+                f"{type(self).__name__}: model '{self.model.name}' is not built, so its "
+                f"pruning wrappers ({', '.join(unbuilt)}) have no masks yet. Give the "
+                "model its input shape (keras.Input(shape) first in a Sequential, or "
+                "input_shape= on its first layer), or call it on a batch before fit."
+            )
         self._read_step()
 
     def _read_step(self):
