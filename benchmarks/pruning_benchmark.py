@@ -27,16 +27,13 @@ Threads are pinned (TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS) before
 TensorFlow loads, the same for every model and for the peer.
 """
 
-import argparse
-import json
-import os
 import statistics
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from _common import parser, pin_threads, write_results
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, out="pruning.json")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
     p.add_argument("--epochs", type=int, default=4, help="baseline training epochs")
     p.add_argument("--finetune-epochs", type=int, default=4, help="pruning fine-tune epochs")
@@ -49,10 +46,7 @@ def parse_args():
     p.add_argument("--l1-epochs", type=int, default=2, help="epochs of L1 before thresholding")
     p.add_argument("--relative-threshold", type=float, default=0.2)
     p.add_argument("--pairs", type=int, default=20, help="interleaved timing pairs")
-    p.add_argument("--threads", type=int, default=1, help="TF intra-op threads (inter-op: 1)")
     p.add_argument("--with-tfmot", action="store_true", help="run the tfmot peer (extra [tfmot])")
-    p.add_argument("--data", default=None, help="MNIST IDX folder or mnist.npz (default: bundled)")
-    p.add_argument("--out", default=os.path.join(HERE, "results", "pruning.json"))
     args = p.parse_args()
     if not 0 < args.l1_epochs < args.finetune_epochs:
         p.error("--l1-epochs must be at least 1 and below --finetune-epochs, so that "
@@ -61,9 +55,7 @@ def parse_args():
 
 
 ARGS = parse_args()
-os.environ["TF_NUM_INTRAOP_THREADS"] = str(ARGS.threads)
-os.environ["TF_NUM_INTEROP_THREADS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+pin_threads(ARGS.threads)
 
 import keras  # noqa: E402
 
@@ -216,11 +208,7 @@ def main():
             print(f"  {tool:<15} wall {describe(t)}; plain {statistics.median(t['plain_ms_per_step']):.2f} ms/step")
             print(f"  {'':<15} CPU  {describe(t['cpu'])}")
 
-    os.makedirs(os.path.dirname(ARGS.out), exist_ok=True)
-    with open(ARGS.out, "w") as f:
-        json.dump({"args": vars(ARGS), "table": table, "per_seed": per_seed, "timing": timing_result,
-                   "tfmot": peers}, f, indent=1)
-    print(f"\nwritten: {ARGS.out}")
+    write_results(ARGS.out, {"table": table, "per_seed": per_seed, "timing": timing_result, "tfmot": peers}, ARGS)
 
 
 if __name__ == "__main__":

@@ -26,16 +26,15 @@ default XNNPACK delegate.
 """
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from _common import parser, pin_threads, write_results
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__)
     p.add_argument("--quick", action="store_true",
                    help="a fast run: 1 seed, 1 epoch each on 2,000 images, 3 rounds of 50 runs, "
                         "MobileNetV2 at 32x32 with alpha 0.35")
@@ -45,14 +44,11 @@ def parse_args():
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds")
     p.add_argument("--runs", type=int, default=300, help="timed invokes per model and round")
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--mobilenet-size", type=int, default=96, help="MobileNetV2 input height and width")
     p.add_argument("--mobilenet-alpha", type=float, default=1.0, help="MobileNetV2 width multiplier")
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the MNIST CNN accuracy (latency: the first)")
     p.add_argument("--cross-check", action="store_true", help="also time with benchmark_litert_model")
-    p.add_argument("--data", default=None, help="MNIST IDX folder or mnist.npz (default: bundled)")
-    p.add_argument("--out", default=None, help="optional JSON file for the figures")
     args = p.parse_args()
     if args.quick:
         args.epochs = args.finetune_epochs = args.seeds = 1
@@ -61,9 +57,7 @@ def parse_args():
 
 
 ARGS = parse_args()
-os.environ["TF_NUM_INTRAOP_THREADS"] = str(ARGS.threads)
-os.environ["TF_NUM_INTEROP_THREADS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+pin_threads(ARGS.threads)
 
 import keras  # noqa: E402
 from keras import layers as L  # noqa: E402
@@ -234,10 +228,7 @@ def main():
     print(f"  MobileNetV2  {describe(mnv2['latency'])}")
     print(f"\nMNIST CNN: params ratio {cnn['params'][1] / cnn['params'][0]:.3f}; "
           f"MACs ratio {sum(small_macs.values()) / sum(base_macs.values()):.3f}")
-    if ARGS.out:
-        with open(ARGS.out, "w") as f:
-            json.dump({"args": vars(ARGS), "mnist_cnn": cnn, "mobilenet_v2": mnv2}, f, indent=1)
-        print(f"\nwritten: {ARGS.out}")
+    write_results(ARGS.out, {"mnist_cnn": cnn, "mobilenet_v2": mnv2}, ARGS)
 
 
 if __name__ == "__main__":
