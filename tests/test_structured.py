@@ -15,8 +15,8 @@ from keras_compress.pruning import (
     shrink,
 )
 from keras_compress.pruning import structured as S
-from keras_compress.pruning.structured_criteria import measure
-from keras_compress.pruning.structured_graph import Analysis
+from keras_compress.pruning.structured.importance import measure
+from keras_compress.pruning.structured.graph import Analysis
 
 
 def residual_bn(name="residual"):
@@ -365,24 +365,26 @@ def test_removing_all_zero_units_is_exact_in_residual_groups():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(amount=-0.1), ValueError, r"shrink: amount must be in \[0, 1\).*got -0.1"),
-        (dict(amount=1.0), ValueError, r"amount must be in \[0, 1\)"),
-        (dict(amount=float("nan")), ValueError, r"amount must be in \[0, 1\)"),
+        (dict(amount=-0.1), ValueError, r"shrink: amount must be a number in \[0, 1\), got -0.1\."),
+        (dict(amount=1.0), ValueError, r"amount must be a number in \[0, 1\)"),
+        (dict(amount=float("nan")), ValueError, r"amount must be a number in \[0, 1\)"),
         (dict(amount="half"), TypeError, "amount must be a number in"),
         (dict(amount=True), TypeError, "amount must be a number in"),
-        (dict(amount={"conv_a": 1.5}), ValueError, r"amount\['conv_a'\] must be in \[0, 1\)"),
+        (dict(amount={"conv_a": 1.5}), ValueError, r"shrink: amount\['conv_a'\] must be a number in \[0, 1\)"),
         (dict(amount={"conv_a": None}), TypeError, r"amount\['conv_a'\] must be a number"),
         (dict(amount={"nope": 0.5}), ValueError, "names 'nope', which is not a layer of model 'cnn'.*conv_a, conv_b, dense_a"),
         (dict(amount={"logits": 0.5}), ValueError, "cannot remove units of layer 'logits'.*output units are never removed"),
         (dict(amount={"pool": 0.5}), ValueError, r"layer 'pool' \(MaxPooling2D\) has no units of its own"),
         (dict(amount={3: 0.5}), TypeError, "keys must be layer names"),
         (dict(amount=0.5, criterion="l3"), ValueError, "criterion must be one of 'l1', 'l2', 'bn_gamma', 'taylor', 'apoz'"),
+        (dict(amount=0.5, criterion=1), TypeError, "shrink: criterion must be one of"),
         (dict(amount=0.5, criterion="bn_gamma"), ValueError, "needs a BatchNormalization"),
         (dict(amount=0.5, criterion="apoz"), ValueError, "criterion='apoz' measures activations and needs data="),
         (dict(amount=0.5, criterion="taylor", data=toy_data(8)[0]), ValueError, r"needs labels: pass data=\(x, y\)"),
         (dict(amount=0.5, criterion="l1", data=toy_data(8)[0]), ValueError, "reads only weights"),
-        (dict(amount=0.5, round_to=0), ValueError, "round_to must be an int >= 1, got 0"),
-        (dict(amount=0.5, batch_size=2.0), ValueError, "batch_size must be an int >= 1"),
+        (dict(amount=0.5, round_to=0), ValueError, "shrink: round_to must be an int >= 1, got 0"),
+        (dict(amount=0.5, batch_size=2.0), TypeError, "shrink: batch_size must be an int >= 1, got 2.0"),
+        (dict(amount=0.5, max_batches=0), ValueError, "shrink: max_batches must be an int >= 1 or None, got 0"),
     ],
 )
 def test_invalid_arguments_leave_model_unchanged(kwargs, error, match):
@@ -573,6 +575,97 @@ def test_group_lasso_errors():
         model.fit(*toy_data(8), verbose=0, callbacks=[GroupLasso(1.0, layers="logits")])
 
 
+# -- the layer table: a new layer kind is one row -----------------------------------
+
+
+def test_a_new_layer_kind_is_one_table_row(monkeypatch):
+    """SeparableConv2D has no built-in row; registering one makes the graph
+    walk, the slicing, the l1 criterion and GroupLasso handle it."""
+    keras.backend.clear_session()
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(4, 1, name="pw")(inputs)
+    x = L.SeparableConv2D(6, 3, depth_multiplier=2, padding="same", name="sep")(x)
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(x)))
+    with pytest.raises(ValueError, match=r"layer 'sep' \(SeparableConv2D\) has no structured-pruning rule"):
+        shrink(model, {"pw": 0.25})
+    monkeypatch.setitem(S.LAYER_KINDS, L.SeparableConv2D, S.LayerKind(
+        "units",
+        {
+            "depthwise_kernel": S.Axes(inputs=-2),  # (h, w, inputs, multiplier)
+            # (1, 1, inputs * multiplier, units): input channel c at c * multiplier + m
+            "pointwise_kernel": S.Axes(units=-1, inputs=-2, repeat="depth_multiplier"),
+            "bias": S.Axes(units=-1),
+        },
+        width="filters",
+        kernel="pointwise_kernel",
+    ))  # fmt: skip
+    groups = {g.producers: g for g in dependency_groups(model)}
+    assert groups[("pw",)].layers == ("pw", "sep") and groups[("sep",)].layers == ("sep", "out")
+    pw_kernel, pw_bias = model.get_layer("pw").get_weights()
+    pw_kernel[..., 1], pw_bias[1] = 0, 0
+    model.get_layer("pw").set_weights([pw_kernel, pw_bias])
+    depthwise, pointwise, bias = model.get_layer("sep").get_weights()
+    pointwise[..., [2, 4]], bias[[2, 4]] = 0, 0
+    model.get_layer("sep").set_weights([depthwise, pointwise, bias])
+    small = shrink(model, {"pw": 0.25, "sep": 2 / 6})
+    new_depthwise, new_pointwise, new_bias = small.get_layer("sep").get_weights()
+    np.testing.assert_array_equal(new_depthwise, np.delete(depthwise, 1, axis=2))
+    # pw's unit 1 is the separable layer's input channel 1: pointwise rows 2 and 3.
+    expected = np.delete(np.delete(pointwise, [2, 3], axis=2), [2, 4], axis=3)
+    np.testing.assert_array_equal(new_pointwise, expected)
+    np.testing.assert_array_equal(new_bias, np.delete(bias, [2, 4]))
+    assert small.get_layer("out").kernel.shape == (4, 2)
+    x = images()
+    np.testing.assert_allclose(value(small(x)), value(model(x)), atol=1e-5)
+    # GroupLasso: a unit of 'sep' is its pointwise column (4 inputs x 2 = 8 weights) and
+    # its bias, p = 9; its depthwise kernel belongs to its inputs, not to a unit.
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    _, pointwise, bias = model.get_layer("sep").get_weights()
+    callback = GroupLasso(0.5, layers=["sep"])
+    callback.set_model(model)
+    callback.on_train_begin()
+    callback.on_epoch_begin(0)
+    callback.on_train_batch_end(0)
+    norms = np.sqrt((pointwise**2).sum(axis=(0, 1, 2)) + bias**2)
+    factor = np.maximum(0.0, 1 - 0.1 * 0.5 * np.sqrt(9) / np.maximum(norms, 1e-30))
+    after = model.get_layer("sep").get_weights()
+    np.testing.assert_array_equal(after[0], depthwise)  # no unit axis: not part of a unit
+    np.testing.assert_allclose(after[1], pointwise * factor, rtol=1e-5)
+    np.testing.assert_allclose(after[2], bias * factor, rtol=1e-5, atol=1e-7)
+
+
+class ChannelScale(L.Layer):
+    """A custom layer: each channel times its own weight."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="scale")
+
+    def call(self, x):
+        return x * self.scale
+
+
+def test_a_custom_layer_class_is_one_table_row(monkeypatch):
+    keras.backend.clear_session()
+    inputs = keras.Input((5,))
+    x = ChannelScale(name="cs")(L.Dense(6, name="a")(inputs))
+    model = keras.Model(inputs, L.Dense(2, name="out")(x))
+    gamma = np.array([1.0, 0.1, 2.0, 0.2, 1.0, 3.0])
+    model.get_layer("cs").set_weights([gamma])
+    assert not dependency_groups(model)[0].prunable
+    monkeypatch.setitem(S.LAYER_KINDS, ChannelScale, S.LayerKind(
+        "channelwise", {"scale": S.Axes(inputs=-1)}, scale="scale", follows_unit=True
+    ))  # fmt: skip
+    # bn_gamma reads the row's scale: the units with the smallest |scale| go.
+    small = shrink(model, {"a": 2 / 6}, criterion="bn_gamma")
+    np.testing.assert_array_equal(value(small.get_layer("cs").scale), np.delete(gamma, [1, 3]))
+    kernel = value(model.get_layer("out").kernel)
+    np.testing.assert_array_equal(value(small.get_layer("out").kernel), np.delete(kernel, [1, 3], axis=0))
+    with pytest.raises(ValueError, match="LayerKind: role must be one of 'units'.*got 'scale'"):
+        S.LayerKind("scale")
+    with pytest.raises(ValueError, match="a 'units' row needs width= and a kernel="):
+        S.LayerKind("units", {"w": S.Axes(units=-1)}, width="units")
+
+
 # -- the iterative loop -----------------------------------------------------------
 
 
@@ -590,8 +683,17 @@ def test_iterative_shrink_reaches_the_one_shot_width():
     assert [s["conv_b"] for s in seen] == [5, 2]  # 8 -> 8 - 3 -> 8 - 6
     assert [s["dense_a"] for s in seen] == [12, 8]
     assert widths(final) == widths(shrink(model, {"conv_b": 0.75, "dense_a": 0.5}))
-    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+    # round_to reaches every step: 16 - floor(9.6) = 7 units, rounded up to 8.
+    rounded = iterative_shrink(model, {"dense_a": 0.6}, steps=2, fit=lambda m: None, round_to=8)
+    assert widths(rounded)["dense_a"] == 8 == widths(shrink(model, {"dense_a": 0.6}, round_to=8))["dense_a"]
+    with pytest.raises(ValueError, match="iterative_shrink: steps must be an int >= 1, got 0"):
         iterative_shrink(model, 0.5, steps=0, fit=fine_tune)
+    with pytest.raises(TypeError, match="iterative_shrink: steps must be an int >= 1, got 2.0"):
+        iterative_shrink(model, 0.5, steps=2.0, fit=fine_tune)
+    with pytest.raises(TypeError, match="iterative_shrink got unexpected keyword arguments 'round'"):
+        iterative_shrink(model, 0.5, steps=2, fit=fine_tune, round=8)
+    with pytest.raises(ValueError, match="iterative_shrink: round_to must be an int >= 1, got 0"):
+        iterative_shrink(model, 0.5, steps=2, fit=fine_tune, round_to=0)
     other = keras.Sequential([keras.Input((12, 12, 1)), L.Flatten(), L.Dense(3, name="x")])
     with pytest.raises(ValueError, match="after step 1, the model has no layer 'conv_a'.*fit must return"):
         iterative_shrink(model, 0.5, steps=2, fit=lambda m: other)

@@ -11,8 +11,9 @@ idea of Fang et al., CVPR 2023). A unit that reaches a model output, a model
 input or a layer without a rule cannot be removed, nor can any unit of its
 group.
 
-Criteria only score the units of a group; `plan` then says, for every layer,
-which input channels and which units survive.
+What each layer does to the channels is its row in the layer table
+(`layers`). Criteria only score the units of a group; `plan` then says, for
+every layer, which input channels and which units survive.
 """
 
 import dataclasses
@@ -21,63 +22,15 @@ import math
 import keras
 import numpy as np
 from keras import layers as L
-from keras import ops
 
 from keras_compress import _models
+from keras_compress.pruning.structured.layers import MIXING, layer_kind, supported_layers
 
-CONV_TRANSPOSE = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
-DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
-# Activation layers that TFLite and Keras apply to one channel at a time.
-ACTIVATIONS = (L.Activation, L.ReLU, L.LeakyReLU, L.ELU)
-
-# What each layer type does to the channels (last axis) of its input, in one table.
-#   units:       owns units (its kernel's output axis); its input channels are
-#                the kernel's input axis.
-#   channelwise: one weight slice per input channel, output channels follow
-#                the input's (DepthwiseConv repeats each depth_multiplier times).
-#   pass:        no weights, output channels are the input's.
-#   flatten:     output positions are (spatial position, channel) pairs.
-#   merge:       element-wise over inputs: channel i of each input is one unit.
-#   concat:      the inputs' channels side by side (along the channel axis).
-#   mixing:      output channels are the input's, but each depends on all of
-#                them (softmax), so none of them can be removed.
-_RULES = (
-    ((L.Dense, L.Conv1D, L.Conv2D, L.Conv3D) + CONV_TRANSPOSE, "units"),
-    ((L.BatchNormalization, L.PReLU) + DEPTHWISE, "channelwise"),
-    ((L.Flatten,), "flatten"),
-    ((L.Reshape,), "reshape"),
-    ((L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum), "merge"),
-    ((L.Concatenate,), "concat"),
-    ((L.Softmax,), "mixing"),
-    (
-        ACTIVATIONS + (
-            L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
-            L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.Identity,
-            L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
-            L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-            L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
-            L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-            L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
-            L.Cropping1D, L.Cropping2D, L.Cropping3D,
-            L.UpSampling1D, L.UpSampling2D, L.UpSampling3D,
-        ),
-        "pass",
-    ),
-)  # fmt: skip
-# Keras ops called directly in a functional graph (`x + 3.0` in MobileNetV3).
-_MERGE_OPS = ("Add", "Subtract", "Multiply")
 # Activations that mix the channels they are applied to.
 _CROSS_CHANNEL = ("softmax", "log_softmax")
-# The weights each kind of layer may hold, by variable name.
-_KNOWN_WEIGHTS = {
-    "units": {"kernel", "bias"},
-    "channelwise": {"kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance", "alpha"},
-}
 
 # What a subclassed-model user can do instead, for check_graph_model's message.
 LAYER_API = "keras_compress.pruning.structured.l1_norm (to rank units, then build narrower layers)"
-
-SUPPORTED_LAYERS = ", ".join(cls.__name__ for classes, _ in _RULES for cls in classes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,18 +135,18 @@ def _name(layer):
 
 
 def kind_of(op, node):
-    """`(kind, None)` from `_RULES`, or `(None, reason)` when `op` cannot be
-    pruned through."""
-    if not isinstance(op, L.Layer):
-        if type(op).__name__ in _MERGE_OPS:
-            return "merge", None
-        return None, f"op {_name(op)} has no structured-pruning rule"
-    kind = next((k for classes, k in _RULES if isinstance(op, classes)), None)
+    """`(row, None)`: `op`'s row of the layer table, or `(None, reason)`
+    when `op` cannot be pruned through."""
+    kind = layer_kind(op)
     if kind is None:
+        if not isinstance(op, L.Layer):
+            return None, f"op {_name(op)} has no structured-pruning rule"
         return None, (
             f"layer {_name(op)} has no structured-pruning rule (supported: "
-            f"{SUPPORTED_LAYERS}, and nested Sequential or Functional models)"
+            f"{supported_layers()}, and nested Sequential or Functional models)"
         )
+    if not isinstance(op, L.Layer):
+        return kind, None
     if getattr(op, "quantization_mode", None):
         return None, f"layer {_name(op)} is quantized; shrink before quantizing"
     if getattr(op, "lora_enabled", False):
@@ -202,12 +155,12 @@ def kind_of(op, node):
         return None, f"layer {_name(op)} has data_format='{op.data_format}' (channels_last only)"
     if getattr(op, "groups", 1) != 1:
         return None, f"layer {_name(op)} has groups={op.groups} (grouped convolutions are not supported)"
-    rank = len(node.outputs[0].shape)
-    if isinstance(op, L.BatchNormalization) and op.axis not in (-1, rank - 1):
-        return None, f"layer {_name(op)} normalizes axis {op.axis}, not the channel axis"
-    if isinstance(op, L.Activation) and op.get_config()["activation"] in _CROSS_CHANNEL:
-        return "mixing", None
-    unknown = {w.name for w in op.weights} - _KNOWN_WEIGHTS.get(kind, set())
+    reason = kind.check(op, len(node.outputs[0].shape)) if kind.check else None
+    if reason is not None:
+        return None, f"layer {_name(op)} {reason}"
+    if kind.role == "pass" and op.get_config().get("activation") in _CROSS_CHANNEL:
+        return MIXING, None
+    unknown = {w.name for w in op.weights} - set(kind.weights)
     if unknown:
         return None, f"layer {_name(op)} has weights {sorted(unknown)} without a slicing rule"
     return kind, None
@@ -287,7 +240,8 @@ class Analysis:
             return self._unknown(node, ins, reason)
         x = ins[0] if ins else None
         out = node.outputs[0]
-        if kind == "units":
+        role = kind.role
+        if role == "units":
             self._bind(op, x, owner, node)
             if id(op) not in self.units:
                 self.units[id(op)] = self.slots.new(out.shape[-1])
@@ -297,26 +251,25 @@ class Analysis:
                         self.units[id(op)], f"layer {_name(op)} applies {activation} across its units"
                     )
             return [self.units[id(op)]]
-        if kind == "channelwise":
+        if role == "channelwise":
             self._bind(op, x, owner, node)
-            if isinstance(op, DEPTHWISE):
-                return [np.repeat(x, op.depth_multiplier)]
+            count = kind.channels_out(op)
+            return [x if count == 1 else np.repeat(x, count)]
+        if role == "pass":
             return [x]
-        if kind == "pass":
-            return [x]
-        if kind == "mixing":
+        if role == "mixing":
             self.slots.block(x, f"layer {_name(op)} mixes the channels it normalizes")
             return [x]
-        if kind == "flatten":
+        if role == "flatten":
             spatial = node.input_tensors[0].shape[1:-1]
             if any(d is None for d in spatial):
                 return self._unknown(node, ins, f"layer {_name(op)} flattens an input of unknown shape")
             return [np.tile(x, math.prod(spatial))]
-        if kind == "reshape":
+        if role == "reshape":
             if _channels(out) != len(x):
                 return self._unknown(node, ins, f"layer {_name(op)} reshapes the channel axis")
             return [x]
-        if kind == "concat":
+        if role == "concat":
             axis = op.axis % len(out.shape)
             if axis == len(out.shape) - 1:
                 return [np.concatenate(ins)]
@@ -412,36 +365,3 @@ class Analysis:
             if keep_in is not None or keep_out is not None:
                 changes[lid] = (layer, keep_in, keep_out)
         return changes
-
-
-def _take(array, keep, axis):
-    return array if keep is None else np.take(array, keep, axis=axis)
-
-
-def narrowed_layer(layer, keep_out):
-    """An unbuilt copy of `layer` with `len(keep_out)` units."""
-    config = layer.get_config()
-    if keep_out is not None:
-        config["units" if isinstance(layer, L.Dense) else "filters"] = len(keep_out)
-    return layer.__class__.from_config(config)
-
-
-def sliced_weights(layer, keep_in, keep_out):
-    """`layer`'s weights with only the kept input channels and units."""
-    values = []
-    for w in layer.weights:
-        v = ops.convert_to_numpy(w)
-        if isinstance(layer, DEPTHWISE):
-            if w.name == "kernel":
-                v = _take(v, keep_in, -2)
-            else:  # bias: channel c's outputs sit at c * depth_multiplier + m
-                v = _take(v.reshape(-1, layer.depth_multiplier), keep_in, 0).reshape(-1)
-        elif isinstance(layer, (L.BatchNormalization, L.PReLU)):
-            v = _take(v, keep_in, -1)
-        elif w.name == "kernel":
-            in_axis, out_axis = (-1, -2) if isinstance(layer, CONV_TRANSPOSE) else (-2, -1)
-            v = _take(_take(v, keep_in, in_axis), keep_out, out_axis)
-        else:  # bias
-            v = _take(v, keep_out, 0)
-        values.append(v)
-    return values

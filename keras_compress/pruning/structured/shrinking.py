@@ -1,59 +1,30 @@
-"""Structured pruning: rank whole units (neurons, filters, channels) and
-physically remove them, so the converted model is smaller and faster.
+"""`shrink` and `iterative_shrink`: rank whole units (neurons, filters,
+channels) and physically remove them, so the converted model is smaller and
+faster.
 
 ```python
 small = kc.pruning.structured.shrink(model, 0.5, criterion="l1")
 ```
 
-The dependency groups come from one walk over the graph
-(`structured_graph`); criteria only score their units
-(`structured_criteria`); `shrink` rebuilds the model with narrower layers
-through the same cloning helper as the unstructured API.
+The dependency groups come from one walk over the graph (`graph`); criteria
+only score their units (`importance`); `shrink` rebuilds the model with
+narrower layers through the same cloning helper as the unstructured API,
+slicing each weight along the axes the layer table (`layers`) gives.
 """
 
+import inspect
 import logging
 import math
-import numbers
 
 import keras
 import numpy as np
+from keras import ops
 
 from keras_compress import _models
-from keras_compress.pruning.structured_callbacks import GroupLasso
-from keras_compress.pruning.structured_criteria import (
-    CRITERIA,
-    DATA_CRITERIA,
-    apoz,
-    bn_gamma,
-    l1_norm,
-    l2_norm,
-    measure,
-    taylor,
-    unit_scores,
-)
-from keras_compress.pruning.structured_graph import (
-    LAYER_API,
-    SUPPORTED_LAYERS,
-    Analysis,
-    DependencyGroup,
-    dependency_groups,
-    narrowed_layer,
-    sliced_weights,
-)
-
-__all__ = [
-    "DependencyGroup",
-    "GroupLasso",
-    "SUPPORTED_LAYERS",
-    "apoz",
-    "bn_gamma",
-    "dependency_groups",
-    "iterative_shrink",
-    "l1_norm",
-    "l2_norm",
-    "shrink",
-    "taylor",
-]
+from keras_compress.pruning.structured.graph import LAYER_API, Analysis
+from keras_compress.pruning.structured.importance import CRITERIA, DATA_CRITERIA, measure, unit_scores
+from keras_compress.pruning.structured.layers import layer_kind, spread
+from tflite_bench.checks import check_choice, check_int, check_number
 
 logger = logging.getLogger("keras_compress")
 
@@ -126,7 +97,10 @@ def shrink(
     small.compile(optimizer="adam", loss=...); small.fit(x, y, epochs=2)
     ```
     """
-    options = _check_options(model, "shrink", criterion, data, loss, batch_size, max_batches, round_to)
+    options = _check_options(
+        model, "shrink", criterion, data,
+        dict(loss=loss, batch_size=batch_size, max_batches=max_batches, round_to=round_to),
+    )  # fmt: skip
     analysis = Analysis(model)
     counts = [
         (group, _count(group.size, value, round_to))
@@ -135,19 +109,7 @@ def shrink(
     return _remove(model, analysis, counts, criterion, options)
 
 
-def iterative_shrink(
-    model,
-    amount,
-    steps,
-    fit,
-    criterion="l1",
-    data=None,
-    *,
-    loss=None,
-    batch_size=32,
-    max_batches=None,
-    round_to=1,
-):
+def iterative_shrink(model, amount, steps, fit, criterion="l1", data=None, **options):
     """Prunes in `steps` equal steps, calling `fit` after each.
 
     The final widths are those `shrink(model, amount, ...)` gives in one go;
@@ -161,8 +123,9 @@ def iterative_shrink(
         fit: `fit(model)`, called after each step with the new model; it
             compiles and trains it, and returns `None` or the model to
             continue with (with the same layer names).
-        criterion, data, loss, batch_size, max_batches, round_to: as in
-            `shrink`.
+        criterion, data: as in `shrink`.
+        **options: `loss`, `batch_size`, `max_batches`, `round_to`, by
+            keyword, as in `shrink`.
 
     Returns:
         The model after the last step and its `fit`.
@@ -176,11 +139,9 @@ def iterative_shrink(
     small = kc.pruning.iterative_shrink(model, 0.5, steps=3, fit=fine_tune)
     ```
     """
-    options = _check_options(
-        model, "iterative_shrink", criterion, data, loss, batch_size, max_batches, round_to
-    )
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"iterative_shrink: steps must be an int >= 1, got {steps!r}.")
+    options = _check_options(model, "iterative_shrink", criterion, data, options)
+    round_to = options["round_to"]
+    check_int("iterative_shrink", "steps", steps, minimum=1)
     if not callable(fit):
         raise TypeError(f"iterative_shrink: fit must be a function fit(model), got {fit!r}.")
     # Widths by the first producer's name: names survive each rebuild.
@@ -223,21 +184,28 @@ def _count(size, amount, round_to):
     return size - keep
 
 
-def _check_options(model, api, criterion, data, loss, batch_size, max_batches, round_to):
+def _shrink_options():
+    """`shrink`'s keyword-only arguments and their defaults."""
+    parameters = inspect.signature(shrink).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
+
+
+def _check_options(model, api, criterion, data, options):
     """Validates everything but `amount`; returns the options `_remove` needs."""
-    _models.check_graph_model(model, api, LAYER_API)
-    if not callable(criterion) and criterion not in CRITERIA:
-        raise ValueError(
-            f"{api}: criterion must be one of {', '.join(map(repr, CRITERIA))} or a "
-            f"function layer -> unit scores, got {criterion!r}."
+    defaults = _shrink_options()
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(
+            f"{api} got unexpected keyword arguments {', '.join(map(repr, unknown))}; "
+            f"it takes {', '.join(defaults)} as in shrink."
         )
-    for name, value, allow_none in (
-        ("batch_size", batch_size, False), ("max_batches", max_batches, True), ("round_to", round_to, False),
-    ):  # fmt: skip
-        if value is None and allow_none:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{api}: {name} must be an int >= 1, got {value!r}.")
+    options = {**defaults, **options}
+    _models.check_graph_model(model, api, LAYER_API)
+    if not callable(criterion):
+        check_choice(api, "criterion", criterion, CRITERIA)
+    check_int(api, "batch_size", options["batch_size"], minimum=1)
+    check_int(api, "max_batches", options["max_batches"], minimum=1, allow_none=True)
+    check_int(api, "round_to", options["round_to"], minimum=1)
     if criterion in DATA_CRITERIA and data is None:
         raise ValueError(f"{api}: criterion='{criterion}' measures activations and needs data=.")
     if criterion not in DATA_CRITERIA and data is not None and not callable(criterion):
@@ -251,25 +219,20 @@ def _check_options(model, api, criterion, data, loss, batch_size, max_batches, r
             raise ValueError(f"{api}: criterion='taylor' needs the TensorFlow backend.")
         if hasattr(data, "shape"):
             raise ValueError(f"{api}: criterion='taylor' needs labels: pass data=(x, y).")
-        loss = loss if loss is not None else getattr(model, "loss", None)
+        loss = options["loss"] if options["loss"] is not None else getattr(model, "loss", None)
         if loss is None or isinstance(loss, (dict, list, tuple)):
             raise ValueError(
                 f"{api}: criterion='taylor' needs one loss: pass loss= (a Keras loss or its "
                 f"name), or compile model '{model.name}' with a single loss first."
             )
         loss_fn = keras.losses.get(loss)
-    return dict(data=data, loss=loss_fn, batch_size=batch_size, max_batches=max_batches, api=api)
+    return dict(options, data=data, loss=loss_fn, api=api)
 
 
-def _check_amount(value, where):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{where} must be a number in [0, 1), got {value!r}.")
-    if not 0 <= value < 1:  # NaN fails too
-        raise ValueError(
-            f"{where} must be in [0, 1): the fraction of units removed, at least one "
-            f"unit being kept; got {value!r}."
-        )
-    return float(value)
+def _check_amount(api, name, value):
+    """`value` as a float: the fraction of a group's units removed, in [0, 1)
+    (at least one unit is kept)."""
+    return check_number(api, name, value, 0, 1, inclusive=(True, False))
 
 
 def _prunable_names(analysis):
@@ -305,7 +268,7 @@ def _targets(analysis, amount, api):
                 )
             if group.reason is not None:
                 raise ValueError(f"{api} cannot remove units of layer '{name}': {group.reason}.")
-            value = _check_amount(value, f"{api}: amount['{name}']")
+            value = _check_amount(api, f"amount['{name}']", value)
             if id(group) in chosen and chosen[id(group)][1] != value:
                 other = chosen[id(group)][2]
                 raise ValueError(
@@ -315,7 +278,7 @@ def _targets(analysis, amount, api):
                 )
             chosen[id(group)] = (group, value, name)
         return [(group, value) for group, value, _ in chosen.values()]
-    value = _check_amount(amount, f"{api}: amount")
+    value = _check_amount(api, "amount", amount)
     prunable = [g for g in analysis.groups if g.reason is None]
     if not prunable:
         reasons = "; ".join(
@@ -396,3 +359,27 @@ def _remove(model, analysis, counts, criterion, options):
             ", ".join(f"{'+'.join(p.name for p in g.producers)} {g.size}->{g.size - n}" for g, n in counts),
         )
     return new
+
+
+def narrowed_layer(layer, keep_out):
+    """An unbuilt copy of `layer` with `len(keep_out)` units."""
+    config = layer.get_config()
+    if keep_out is not None:
+        config[layer_kind(layer).width] = len(keep_out)
+    return layer.__class__.from_config(config)
+
+
+def sliced_weights(layer, keep_in, keep_out):
+    """`layer`'s weights with only the kept input channels and units (a
+    `None` keeps that axis whole), along the axes of its row in the layer
+    table."""
+    weights = layer_kind(layer).weights
+    values = []
+    for w in layer.weights:
+        axes, v = weights[w.name], ops.convert_to_numpy(w)
+        if axes.inputs is not None and keep_in is not None:
+            v = np.take(v, spread(keep_in, axes.per_channel(layer)), axis=axes.inputs)
+        if axes.units is not None and keep_out is not None:
+            v = np.take(v, keep_out, axis=axes.units)
+        values.append(v)
+    return values

@@ -4,7 +4,9 @@ The public functions are pure: arrays in, one score per unit out (the last
 axis), higher meaning more important, except `apoz`, which returns the
 fraction of zeros itself (the `"apoz"` criterion ranks by `1 - apoz`).
 `unit_scores` applies a criterion to a dependency group: each unit's score is
-the sum of its scores in every layer of the group that holds it.
+the sum of its scores in every layer of the group that holds it; which weight
+and which axis it reads comes from the layer table (`layers`). `measure`
+runs the data criteria (`"taylor"`, `"apoz"`) over a model and its data.
 """
 
 import keras
@@ -13,7 +15,7 @@ from keras import layers as L
 from keras import ops
 
 from keras_compress import _models
-from keras_compress.pruning.structured_graph import ACTIVATIONS, CONV_TRANSPOSE
+from keras_compress.pruning.structured.layers import layer_kind
 
 CRITERIA = ("l1", "l2", "bn_gamma", "taylor", "apoz")
 DATA_CRITERIA = ("taylor", "apoz")
@@ -124,9 +126,15 @@ def apoz(activations):
     return (a.reshape(-1, a.shape[-1]) == 0).mean(axis=0, dtype=np.float64)
 
 
+def _weight(layer, name):
+    """`layer`'s weight called `name`, or None."""
+    return next((w for w in layer.weights if w.name == name), None)
+
+
 def kernel_scores(layer, norm):
-    """`norm` (l1_norm or l2_norm) of a Dense / Conv layer's kernel units."""
-    return norm(layer.kernel, axis=-2 if isinstance(layer, CONV_TRANSPOSE) else -1)
+    """`norm` (l1_norm or l2_norm) of the units of a layer's kernel."""
+    kind = layer_kind(layer)
+    return norm(_weight(layer, kind.kernel), axis=kind.weights[kind.kernel].units)
 
 
 def unit_scores(analysis, group, criterion, measured=None):
@@ -143,10 +151,12 @@ def unit_scores(analysis, group, criterion, measured=None):
     scores = np.zeros(group.size)
     if criterion == "bn_gamma":
         covered = np.zeros(group.size, dtype=bool)
-        for lid, layer in analysis.layers.items():
-            if isinstance(layer, L.BatchNormalization) and layer.scale:
+        for layer in analysis.layers.values():
+            scale = layer_kind(layer).scale
+            gamma = None if scale is None else _weight(layer, scale)
+            if gamma is not None:
                 positions, units = analysis.positions(layer, group, inputs=True)
-                np.add.at(scores, units, bn_gamma(layer.gamma)[positions])
+                np.add.at(scores, units, bn_gamma(gamma)[positions])
                 covered[units] = True
         if not covered.all():
             names = ", ".join(f"'{p.name}'" for p in group.producers)
@@ -185,8 +195,8 @@ def _chain_end(owner, node, consumers):
         users = consumers[id(owner)].get(id(tensor), [])
         if len(users) != 1 or users[0] is None:
             return tensor
-        op = users[0].operation
-        if not isinstance(op, ACTIVATIONS + (L.BatchNormalization, L.PReLU)):
+        kind = layer_kind(users[0].operation)
+        if kind is None or not kind.follows_unit:
             return tensor
         tensor = users[0].outputs[0]
 

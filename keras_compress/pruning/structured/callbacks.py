@@ -1,15 +1,19 @@
-"""`GroupLasso`: pushes whole units to zero during `fit`, for `shrink`."""
+"""`GroupLasso`: pushes whole units to zero during `fit`, for `shrink`.
+
+Which weights make a unit, and along which axis, comes from the layer table
+(`layers`); the groups come from the same graph walk as `shrink`'s.
+"""
 
 import math
 
 import keras
 import numpy as np
-from keras import layers as L
 from keras import ops
 
 from keras_compress import _models
 from keras_compress.pruning.callbacks import check_strength_schedule
-from keras_compress.pruning.structured_graph import CONV_TRANSPOSE, DEPTHWISE, LAYER_API, Analysis
+from keras_compress.pruning.structured.graph import LAYER_API, Analysis
+from keras_compress.pruning.structured.layers import weight_axes
 
 
 @keras.saving.register_keras_serializable(package="keras_compress")
@@ -68,12 +72,7 @@ class GroupLasso(keras.callbacks.Callback):
         self._value = 0.0
 
     def get_config(self):
-        return {
-            "strength": self.strength,
-            "start_epoch": self.start_epoch,
-            "end_epoch": self.end_epoch,
-            "layers": self.layers,
-        }
+        return {name: getattr(self, name) for name in ("strength", "start_epoch", "end_epoch", "layers")}
 
     @classmethod
     def from_config(cls, config):
@@ -123,8 +122,6 @@ class GroupLasso(keras.callbacks.Callback):
             total += g.size
         members = []
         for lid, layer in analysis.layers.items():
-            if isinstance(layer, L.PReLU):
-                continue  # alpha shapes the activation, not the size of a unit
             # A producer's units, or a channel-wise layer's input channels; a
             # consumer's input rows belong to the units of the layer before.
             producer = lid in analysis.unit_roots
@@ -136,13 +133,12 @@ class GroupLasso(keras.callbacks.Callback):
             if (index == total).all():
                 continue
             for w in layer.trainable_weights:
-                rank = len(w.shape)
-                if isinstance(layer, DEPTHWISE) and w.name == "bias":
-                    members.append((w, 0, np.repeat(index, layer.depth_multiplier)))
-                elif isinstance(layer, DEPTHWISE + CONV_TRANSPOSE) and w.name == "kernel":
-                    members.append((w, rank - 2, index))
-                else:
-                    members.append((w, rank - 1, index))
+                axes = weight_axes(layer, w)
+                axis = axes.units if producer else axes.inputs
+                if axis is None or not axes.penalize:
+                    continue  # e.g. PReLU's alpha shapes the activation, not the size of a unit
+                per_position = index if producer else np.repeat(index, axes.per_channel(layer))
+                members.append((w, axis % len(w.shape), per_position))
         return [(w, axis, ops.convert_to_tensor(i)) for w, axis, i in members], total
 
     # -- fit hooks ----------------------------------------------------------
