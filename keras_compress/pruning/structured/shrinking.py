@@ -133,8 +133,10 @@ def iterative_shrink(model, amount, steps, fit, criterion="l1", data=None, **opt
     Example:
 
     ```python
+    from keras_compress.examples import compile_classifier
+
     def fine_tune(model):
-        kc.demo.compile_classifier(model).fit(x, y, epochs=1)
+        compile_classifier(model).fit(x, y, epochs=1)
 
     small = kc.pruning.iterative_shrink(model, 0.5, steps=3, fit=fine_tune)
     ```
