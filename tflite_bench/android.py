@@ -10,7 +10,7 @@ import re
 import shutil
 import subprocess
 
-from keras_compress.export import read_flatbuffer
+from tflite_bench.interpreter import read_flatbuffer
 from tflite_bench.record import BenchmarkRecord, default_name, static_fields
 
 _NUMBER = r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"

@@ -7,8 +7,9 @@ import time
 
 import numpy as np
 
-from keras_compress.export import inspect_tflite, read_flatbuffer
-from keras_compress.export.interpreter import class_labels
+from tflite_bench.inspect import inspect_tflite
+from tflite_bench.interpreter import read_flatbuffer
+from tflite_bench.interpreter import class_labels
 from tflite_bench.latency import check_counts, time_invokes
 from tflite_bench.runtime import check_runtime, open_runner
 
