@@ -1,4 +1,10 @@
-"""The `keras-compress` command."""
+"""The `keras-compress` command.
+
+A top-level module, outside the `keras_compress` package: importing the
+package loads Keras and TensorFlow (about 10 s), so the console script parses
+its arguments here first and imports the package only to run a command.
+`keras_compress.cli.main` is this same function.
+"""
 
 import argparse
 import os

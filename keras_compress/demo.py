@@ -142,6 +142,7 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}.")
     if with_tfmot:
         check_tfmot_installed()
+    import tflite_bench.progress
     import tflite_bench.report  # the demo is where the library and the bench meet
 
     started = time.perf_counter()
@@ -214,7 +215,7 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
     stage = stages - 1
     _status(f"{stage}/{stages} converting {len(variants)} variants to TFLite and measuring them in LiteRT")
     results, records = [], []
-    progress = keras.utils.Progbar(len(variants), unit_name="variant")
+    progress = tflite_bench.progress.Progress(len(variants), "variant")  # no \r into pipes
     for i, (name, (model, options)) in enumerate(variants.items(), 1):
         path = os.path.join(out, f"{name}.tflite")
         if model is not None:  # the tfmot peer wrote its own files
@@ -233,7 +234,7 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
             "latency_p50_ms": record.p50_ms,
             "xnnpack": record.xnnpack,
         })
-        progress.update(i)
+        progress.update(i, name)
 
     _status(f"{stages}/{stages} writing the report")
     dense = results[0]["bytes"]
