@@ -261,7 +261,7 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
             f"MNIST CNN, {epochs} epoch(s) per stage on {len(x_train)} images; accuracy on "
             f"the {len(x_test)} held-out images, computed from each .tflite in LiteRT; "
             "latency p50 over 100 invokes at 1 thread.\n\n" + table + "\n\n"
-            "## tflite_bench measurements\n\n" + tflite_bench.report.markdown_table(records) + "\n"
+            + tflite_bench.report.markdown_sections(records)  # settings, table, legend
             + "".join(f"\n![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in plots)
         )
     print("\n" + table)
