@@ -12,6 +12,7 @@ import pytest
 import keras_compress.export as export
 import keras_compress.export.inspect as export_inspect
 import keras_compress.export.interpreter as export_interpreter
+import tflite_bench
 import tflite_bench.inspect
 import tflite_bench.interpreter
 from tflite_bench.progress import Progress
@@ -65,6 +66,8 @@ def test_old_import_paths_give_the_litert_layers_objects():
     for name in ("TFLiteInfo", "OpInfo", "TensorInfo"):
         assert getattr(export, name) is getattr(export_inspect, name) is getattr(inspect, name)
     assert package_main is main
+    assert tflite_bench.predict_tflite is interpreter.predict_tflite
+    assert tflite_bench.inspect_tflite is inspect.inspect_tflite
 
 
 def test_io_scaling_round_trips_by_hand():

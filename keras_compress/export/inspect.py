@@ -15,3 +15,5 @@ from tflite_bench.inspect import (  # noqa: F401
     _op_name,
     inspect_tflite,
 )
+
+__all__ = ["CONVERSION_OPS", "FLOAT_DTYPES", "OpInfo", "TFLiteInfo", "TensorInfo", "inspect_tflite"]

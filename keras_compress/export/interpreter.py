@@ -19,3 +19,6 @@ from tflite_bench.interpreter import (  # noqa: F401
     quantize_io,
     read_flatbuffer,
 )
+
+__all__ = ["class_labels", "dequantize_io", "evaluate_tflite", "key_problems", "load_interpreter",
+           "predict_tflite", "quantize_io", "read_flatbuffer"]
