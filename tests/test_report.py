@@ -26,6 +26,9 @@ def test_run_settings_list_each_value_once():
     text = report.markdown_report(records)
     assert "- threads: 1, 2\n" in text and "- warm-up runs: 5\n" in text
     assert "- CPU: Some CPU (8 logical cores)\n" in text
+    later = record("b", 10, 0.9, environment={**env, "date": "2026-01-02T03:09:00+00:00"})
+    assert report.run_settings([later, *records])["date (UTC)"] == (
+        "2026-01-02T03:04:05+00:00 to 2026-01-02T03:09:00+00:00")
     # A legend line for every column, in the table's order.
     legend = [line for line in text.splitlines() if line.startswith("- **")]
     assert [line.split("**")[1] for line in legend] == [title for _, title, _ in report.COLUMNS]

@@ -74,7 +74,8 @@ def _row(record):
 def run_settings(records):
     """`{setting: value}` of the runs behind `records`: runs, warm-up, threads,
     runtime, XNNPACK, date, CPU, LiteRT, Python and OS. A setting that differs
-    between records lists each value once, in order; one no record knows is `None`.
+    between records lists each value once, in order (the dates: first to
+    last); one no record knows is `None`.
     """
     settings = {}
     for title, read in SETTINGS:
@@ -83,6 +84,8 @@ def run_settings(records):
             value = read(_row(record))
             if value is not None and value not in values:
                 values.append(value)
+        if title == "date (UTC)" and len(values) > 1:  # records measured one after another: the span
+            values = [f"{min(values)} to {max(values)}"]
         settings[title] = None if not values else values[0] if len(values) == 1 else values
     return settings
 
