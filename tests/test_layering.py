@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import keras_compress.export as export
@@ -34,9 +35,21 @@ def _modules_after(code):
 def test_import_tflite_bench_loads_neither_keras_nor_tensorflow():
     # The bar, plus every module of the package (the CLI too).
     modules = ["tflite_bench", *(f"tflite_bench.{m}" for m in (
-        "android", "checks", "cli", "inspect", "interpreter", "latency", "progress", "record", "report", "runtime"))]
+        "android", "checks", "cli", "inspect", "interpreter", "latency", "mnist", "progress", "record", "report",
+        "runtime"))]
     loaded = _modules_after("\n".join(f"import {m}" for m in modules))
     assert loaded == {"keras": False, "tensorflow": False, "keras_compress": False}
+
+
+def test_no_tflite_bench_module_imports_keras_compress():
+    # Not even lazily inside a function: the layering holds for every code path.
+    folder = os.path.dirname(tflite_bench.__file__)
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name)) as f:
+                lines = [line.strip() for line in f]
+            assert not [line for line in lines if line.startswith(("import keras", "from keras", "import tensorflow",
+                                                                  "from tensorflow"))], name
 
 
 @pytest.mark.parametrize("code", [
@@ -73,7 +86,7 @@ def test_old_import_paths_give_the_litert_layers_objects():
 def test_io_scaling_round_trips_by_hand():
     # int8 with scale 0.5 and zero point -3: 1.0 -> round(2 - 3) = -1; clipped at -128/127.
     x = tflite_bench.interpreter.quantize_io(
-        __import__("numpy").array([1.0, -100.0, 100.0]), 0.5, -3, "int8")
+        np.array([1.0, -100.0, 100.0]), 0.5, -3, "int8")
     assert x.dtype.name == "int8" and x.tolist() == [-1, -128, 127]
     y = tflite_bench.interpreter.dequantize_io(x, 0.5, -3)
     assert y.tolist() == [1.0, -62.5, 65.0]
@@ -104,3 +117,17 @@ def test_progress_on_a_terminal_redraws_one_line():
     assert text.count("\r") == 2 and text.count("\n") == 1 and text.endswith("\n")
     first, second = text.split("\r")[1:]
     assert len(second.rstrip("\n")) >= len(first)  # the shorter line covers the longer one
+
+
+def test_tflite_bench_reads_an_mnist_folder_without_keras_compress(tmp_path):
+    from keras_compress import datasets
+
+    folder = os.path.join(ROOT, "keras_compress", "data")
+    out = tmp_path / "labels.npy"
+    loaded = _modules_after(
+        "import numpy as np\nfrom tflite_bench.cli import load_labelled_data\n"
+        f"x, y = load_labelled_data({folder!r})\nnp.save({str(out)!r}, y)\nassert x.shape == (2000, 28, 28, 1)"
+    )
+    assert loaded == {"keras": False, "tensorflow": False, "keras_compress": False}
+    (_, _), (_, y_test) = datasets.load_mnist()
+    assert np.array_equal(np.load(out), y_test)

@@ -18,13 +18,13 @@ def load_labelled_data(path):
             for x_key, y_key in (("x_test", "y_test"), ("x", "y")):
                 if x_key in data and y_key in data and not (x_key == "x_test" and "x_train" in data and _is_raw_mnist(data)):
                     return data[x_key], data[y_key]
-    from keras_compress.datasets import load_mnist
+    from tflite_bench.mnist import read_mnist
 
-    return load_mnist(path)[1]
+    return read_mnist(path)[1]
 
 
 def _is_raw_mnist(data):
-    # Keras's mnist.npz holds uint8 images without a channel axis: load_mnist
+    # Keras's mnist.npz holds uint8 images without a channel axis: read_mnist
     # splits and scales it as the rest of the package does.
     return data["x_train"].dtype.name == "uint8" and data["x_train"].ndim == 3
 
