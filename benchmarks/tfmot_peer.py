@@ -9,7 +9,7 @@ training-step overhead of pruning) as JSON.
 It must run in its own process: tfmot only works with ``tf_keras``, which is
 selected through ``TF_USE_LEGACY_KERAS`` before TensorFlow is imported, and
 keras-compress imports Keras 3. For the same reason this script never imports
-``keras_compress``.
+``keras_compress``; it uses ``tflite_bench``'s Keras-free LiteRT code.
 
 Usage::
 
@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from tflite_bench.interpreter import evaluate_tflite, load_interpreter
 
 from _timing import timing_summary
 
@@ -125,43 +125,16 @@ def prune(model, args, end_step):
     )
 
 
-def allocated_interpreter(flatbuffer, single_input_shape, resolver):
-    interpreter = Interpreter(model_content=flatbuffer, experimental_op_resolver_type=resolver)
-    input_detail = interpreter.get_input_details()[0]
-    if tuple(input_detail["shape"]) != single_input_shape:
-        interpreter.resize_tensor_input(input_detail["index"], single_input_shape)
-    interpreter.allocate_tensors()
-    return interpreter
-
-
-def make_interpreter(flatbuffer, single_input_shape):
-    """Batch-1 interpreter; return (interpreter, name of the op resolver used).
-
-    The default resolver applies XNNPACK, which fails to prepare the sparse
-    dynamic-range int8 convolutions the converter emits; such models then run
-    on the builtin kernels alone.
-    """
-    try:
-        resolver = OpResolverType.AUTO
-        return allocated_interpreter(flatbuffer, single_input_shape, resolver), resolver.name
-    except RuntimeError as error:
-        log(f"LiteRT default delegates failed ({error}); retrying without them")
-    resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    return allocated_interpreter(flatbuffer, single_input_shape, resolver), resolver.name
-
-
 def tflite_accuracy(flatbuffer, x, y):
-    """Batch-1 accuracy through LiteRT; return (accuracy, op resolver used)."""
-    interpreter, resolver = make_interpreter(flatbuffer, (1,) + tuple(x.shape[1:]))
-    input_detail = interpreter.get_input_details()[0]
-    input_index, input_dtype = input_detail["index"], input_detail["dtype"]
-    output_index = interpreter.get_output_details()[0]["index"]
-    correct = 0
-    for image, label in zip(x, y):
-        interpreter.set_tensor(input_index, image[np.newaxis].astype(input_dtype))
-        interpreter.invoke()
-        correct += int(np.argmax(interpreter.get_tensor(output_index)) == label)
-    return correct / len(y), resolver
+    """Accuracy through LiteRT (tflite_bench's Keras-free evaluation, as the
+    keras-compress side uses); return (accuracy, op resolver used).
+
+    LiteRT's default resolver applies XNNPACK, which fails to prepare the
+    sparse dynamic-range int8 convolutions the converter emits; such models
+    then run on the builtin kernels alone (`load_interpreter` falls back).
+    """
+    resolver = "AUTO" if load_interpreter(flatbuffer).uses_xnnpack else "BUILTIN_WITHOUT_DEFAULT_DELEGATES"
+    return evaluate_tflite(flatbuffer, x, y)["accuracy"], resolver
 
 
 class EpochTimer(keras.callbacks.Callback):

@@ -17,6 +17,7 @@ import math
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
+from tflite_bench.interpreter import predict_tflite
 from tfmot_peer import (
     build_model,
     clone_with_weights,
@@ -46,17 +47,8 @@ def parse_args(argv=None):
 
 
 def predictions(flatbuffer, x):
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=flatbuffer)
-    interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
-    labels = []
-    for image in x:
-        interpreter.set_tensor(inp, image[np.newaxis])
-        interpreter.invoke()
-        labels.append(int(np.argmax(interpreter.get_tensor(out))))
-    return np.array(labels)
+    """Class labels of `x` from the TFLite model, through tflite_bench."""
+    return np.argmax(predict_tflite(flatbuffer, x), -1)
 
 
 def measure_overhead(baseline, x, y, args, steps_per_epoch):

@@ -56,6 +56,7 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
     check_bool("run_demo", "with_tfmot", with_tfmot)
     if with_tfmot:
         check_tfmot_installed()
+    import tflite_bench.progress
     import tflite_bench.report  # the demo is where the library and the bench meet
 
     started = time.perf_counter()
@@ -128,7 +129,7 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
     stage = stages - 1
     _status(f"{stage}/{stages} converting {len(variants)} variants to TFLite and measuring them in LiteRT")
     results, records = [], []
-    progress = keras.utils.Progbar(len(variants), unit_name="variant")
+    progress = tflite_bench.progress.Progress(len(variants), "variant")  # no \r into pipes
     for i, (name, (model, options)) in enumerate(variants.items(), 1):
         path = os.path.join(out, f"{name}.tflite")
         if model is not None:  # the tfmot peer wrote its own files
@@ -147,7 +148,7 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
             "latency_p50_ms": record.p50_ms,
             "xnnpack": record.xnnpack,
         })
-        progress.update(i)
+        progress.update(i, name)
 
     _status(f"{stages}/{stages} writing the report")
     dense = results[0]["bytes"]
@@ -174,7 +175,7 @@ def run_demo(out="keras_compress_demo", epochs=3, quick=False, data=None, seed=0
             f"MNIST CNN, {epochs} epoch(s) per stage on {len(x_train)} images; accuracy on "
             f"the {len(x_test)} held-out images, computed from each .tflite in LiteRT; "
             "latency p50 over 100 invokes at 1 thread.\n\n" + table + "\n\n"
-            "## tflite_bench measurements\n\n" + tflite_bench.report.markdown_table(records) + "\n"
+            + tflite_bench.report.markdown_sections(records)  # settings, table, legend
             + "".join(f"\n![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in plots)
         )
     print("\n" + table)

@@ -29,7 +29,10 @@ def test_tflite_bench_cli(tmp_path, capsys):
     to_tflite(small_cnn(), path)
     capsys.readouterr()  # Keras 3.6 prints a line while exporting, whatever `verbose` says
     assert bench_cli.main(["run", str(path), "--threads", "1,2", "--runs", "5", "--warmup", "1"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("m.tflite")]
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\r\b\x1b")  # captured, not a terminal: no redraws
+    assert "1/2 measurements" in out and "2/2 measurements" in out
+    rows = [line for line in out.splitlines() if line.startswith("m.tflite")]
     assert len(rows) == 2 and all(f"{os.path.getsize(path):,}" in row for row in rows)
     assert bench_cli.main(["run", str(tmp_path / "missing.tflite")]) == 2
 

@@ -314,3 +314,35 @@ def test_pruned_weights_the_sparse_encoding_cannot_cover_are_named():
     with warnings.catch_warnings():
         warnings.simplefilter("error", DenseZerosWarning)
         to_tflite(model, sparse=False)  # no encoding asked for: nothing to say
+
+
+def test_converter_log_lines_stay_off_stderr_unless_asked(capfd, monkeypatch):
+    model, x = small_cnn(), np.random.default_rng(0).random((8, 12, 12, 1), dtype=np.float32)
+    capfd.readouterr()
+    to_tflite(model, quantization="int8", representative_data=x)
+    err = capfd.readouterr().err
+    assert "fully_quantize" not in err and "loader.cc" not in err and "flatbuffer_export" not in err
+    monkeypatch.setenv("KERAS_COMPRESS_CONVERTER_OUTPUT", "1")  # the same lines, shown
+    to_tflite(model, quantization="int8", representative_data=x)
+    assert "fully_quantize: 0" in capfd.readouterr().err
+
+
+def test_captured_converter_output_keeps_warnings_and_quotes_a_failure(capfd):
+    import os
+
+    from keras_compress.export.converter_output import captured_converter_output
+
+    with pytest.warns(UserWarning, match="a warning of ours"):
+        with captured_converter_output():
+            os.write(2, b"native line on fd 2\n")
+            os.write(1, b"native line on fd 1\n")
+            warnings.warn("a warning of ours", UserWarning)
+    out, err = capfd.readouterr()
+    assert "native line" not in out + err
+    with pytest.raises(ValueError, match="bad model") as caught:
+        with captured_converter_output():
+            os.write(2, b"the converter's reason\n")
+            raise ValueError("bad model")
+    assert "the converter's reason" in "\n".join(caught.value.__notes__)
+    os.write(2, b"after\n")  # the descriptors are back
+    assert capfd.readouterr().err == "after\n"

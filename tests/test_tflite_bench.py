@@ -173,3 +173,35 @@ def test_cli_compiled_runtime(files, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["run", files[0], "--runtime", "gpu"])
     assert "invalid choice: 'gpu'" in capsys.readouterr().err
+
+
+def test_cli_report_records_the_run_settings(files, tmp_path, capsys):
+    import datetime
+    import importlib.metadata
+    import json
+    import platform
+
+    from tflite_bench import cli
+
+    float_path, _, _ = files
+    out = tmp_path / "report"
+    before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    assert cli.main(["run", float_path, "--threads", "1,2", "--runs", "7", "--warmup", "3", "--out", str(out)]) == 0
+    after = datetime.datetime.now(datetime.timezone.utc)
+    capsys.readouterr()
+    text = (out / "report.md").read_text()
+    litert = importlib.metadata.version("ai-edge-litert")
+    for line in ("- runs: 7", "- warm-up runs: 3", "- threads: 1, 2", "- runtime: interpreter",
+                 f"- LiteRT (ai-edge-litert): {litert}", f"- Python: {platform.python_version()}"):
+        assert line + "\n" in text
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):  # not Linux on x86: whatever platform knows
+        cpu = platform.processor() or platform.machine()
+    assert f"- CPU: {cpu} (" in text
+    assert "- **gzip bytes**:" in text and "- **RSS +MiB**:" in text
+    for r in json.loads((out / "results.json").read_text()):
+        assert r["runs"] == 7 and r["warmup"] == 3
+        assert before <= datetime.datetime.fromisoformat(r["environment"]["date"]) <= after
+        assert r["environment"]["litert"] == litert and r["environment"]["cpu"] == cpu

@@ -10,8 +10,8 @@ import re
 import shutil
 import subprocess
 
-from keras_compress.export import read_flatbuffer
-from tflite_bench.record import BenchmarkRecord, default_name, static_fields
+from tflite_bench.interpreter import read_flatbuffer
+from tflite_bench.record import BenchmarkRecord, default_name, run_environment, static_fields
 
 _NUMBER = r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
 _TIMED_RUN = re.compile(r"count=(\d+) first=" + _NUMBER + r" curr=" + _NUMBER + r" min=" + _NUMBER
@@ -21,6 +21,7 @@ _SUMMARY = re.compile(r"Inference timings in us: Init: " + _NUMBER + r", First i
                       + r", Warmup \(avg\): " + _NUMBER + r", Inference \(avg\): " + _NUMBER)
 _MEMORY = re.compile(r"(?:Peak memory footprint|Memory footprint delta from the start of the tool) "
                      r"\(MB\): init=" + _NUMBER + r" overall=" + _NUMBER)
+# benchmark_model's "MB" is its kilobytes / 1024: MiB, as tflite_bench reports memory.
 _PEAK = re.compile(r"Overall peak memory footprint \(MB\) via periodic monitoring: " + _NUMBER)
 _THREADS = re.compile(r"Num threads: \[(\d+)\]")
 _SIZE = re.compile(r"The input model file size \(MB\): " + _NUMBER)
@@ -104,15 +105,18 @@ def run_on_device(model, threads=1, runs=50, warmup=10, adb="adb", serial=None,
                 f"--num_runs={runs}", f"--warmup_runs={warmup}"],
         capture_output=True, text=True,
     )
-    return device_record(model, parse_benchmark_model_output(done.stdout + done.stderr), threads)
+    return device_record(model, parse_benchmark_model_output(done.stdout + done.stderr), threads,
+                         warmup=warmup, device=serial or "the attached device")
 
 
-def device_record(model, parsed, threads, name=None):
+def device_record(model, parsed, threads, name=None, warmup=None, device=None):
     """A `BenchmarkRecord` from a .tflite file and the parsed device output.
 
     `benchmark_model` prints no p90 / p99 and measures no accuracy: those
     fields are `None`. `rss_growth_mb` is its memory footprint growth over
     the whole run; `xnnpack` is `None`, as the tool does not say.
+    `environment` holds the date and `device` (its serial, if given) in
+    place of this machine's CPU, Python and LiteRT.
     """
     content = read_flatbuffer(model)
     return BenchmarkRecord(
@@ -128,4 +132,7 @@ def device_record(model, parsed, threads, name=None):
         std_ms=parsed["std_ms"],
         runs=parsed["runs"],
         rss_growth_mb=parsed.get("memory_overall_mb"),
+        warmup=warmup,
+        environment={"date": run_environment()["date"],
+                     "device": f"Android ({device})" if device else "Android"},
     )

@@ -5,30 +5,28 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-
-from tflite_bench.record import benchmark_model
-from tflite_bench.report import text_table, write_report
-from tflite_bench.runtime import RUNTIMES
+from tflite_bench.runtime import RUNTIMES  # numpy only: LiteRT loads when a model is opened
 
 
 def load_labelled_data(path):
     """`(x, y)` from an .npz with `x_test`/`y_test` or `x`/`y` arrays, or the
     held-out split of an MNIST IDX folder or Keras `mnist.npz`."""
+    import numpy as np
+
     if path.endswith(".npz"):
         with np.load(path) as data:
             for x_key, y_key in (("x_test", "y_test"), ("x", "y")):
                 if x_key in data and y_key in data and not (x_key == "x_test" and "x_train" in data and _is_raw_mnist(data)):
                     return data[x_key], data[y_key]
-    from keras_compress.datasets import load_mnist
+    from tflite_bench.mnist import read_mnist
 
-    return load_mnist(path)[1]
+    return read_mnist(path)[1]
 
 
 def _is_raw_mnist(data):
-    # Keras's mnist.npz holds uint8 images without a channel axis: load_mnist
+    # Keras's mnist.npz holds uint8 images without a channel axis: read_mnist
     # splits and scales it as the rest of the package does.
-    return data["x_train"].dtype == np.uint8 and data["x_train"].ndim == 3
+    return data["x_train"].dtype.name == "uint8" and data["x_train"].ndim == 3
 
 
 def main(argv=None):
@@ -51,6 +49,10 @@ def main(argv=None):
     run.add_argument("--adb-binary", default="/data/local/tmp/benchmark_model",
                      help="path of benchmark_model on the device")
     args = parser.parse_args(argv)
+    from tflite_bench.progress import Progress
+    from tflite_bench.record import benchmark_model
+    from tflite_bench.report import text_table, write_report
+
     try:
         threads = [int(t) for t in args.threads.split(",")]
     except ValueError:
@@ -78,10 +80,8 @@ def main(argv=None):
             return benchmark_model(path, threads=n, warmup=args.warmup, runs=args.runs,
                                    use_xnnpack=not args.no_xnnpack, data=data, runtime=args.runtime)
 
-    import keras  # only for its progress bar
-
     jobs = [(path, n) for path in args.models for n in threads]
-    progress = keras.utils.Progbar(len(jobs), unit_name="measurement")
+    progress = Progress(len(jobs), "measurement")
     records = []
     for i, (path, n) in enumerate(jobs):
         try:
@@ -89,7 +89,7 @@ def main(argv=None):
         except (ValueError, OSError, subprocess.CalledProcessError) as error:
             print(f"\ntflite-bench: {path}: {error}", file=sys.stderr)
             return 2
-        progress.update(i + 1)
+        progress.update(i + 1, f"{os.path.basename(path)}, {n} thread{'s' if n > 1 else ''}")
     print(text_table(records))
     if args.out:
         for written in write_report(records, args.out, plots=_has_matplotlib()):

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from keras_compress.export import read_flatbuffer
+from tflite_bench.interpreter import read_flatbuffer
 from tflite_bench.runtime import check_runtime, open_runner
 
 

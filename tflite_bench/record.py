@@ -1,14 +1,19 @@
 """`benchmark_model`: everything an edge engineer asks of one .tflite file."""
 
 import dataclasses
+import datetime
+import functools
 import gzip
+import importlib.metadata
 import os
+import platform
 import time
 
 import numpy as np
 
-from keras_compress.export import inspect_tflite, read_flatbuffer
-from keras_compress.export.interpreter import class_labels
+from tflite_bench.inspect import inspect_tflite
+from tflite_bench.interpreter import read_flatbuffer
+from tflite_bench.interpreter import class_labels
 from tflite_bench.latency import check_counts, time_invokes
 from tflite_bench.runtime import check_runtime, open_runner
 
@@ -38,8 +43,14 @@ class BenchmarkRecord:
         first_inference_ms: the first invoke after allocation.
         p50_ms, p90_ms, p99_ms, mean_ms, min_ms, max_ms, std_ms, runs:
             latency of the timed invokes, after the warm-up.
-        rss_growth_mb: resident memory growth over load and allocate.
+        rss_growth_mb: resident memory growth over load and allocate, in
+            MiB (2**20 bytes), as every size in `tflite_bench`'s reports is
+            binary (KiB, MiB).
         accuracy: on the labelled data given, else `None`.
+        warmup: untimed invokes before the timed runs.
+        environment: where and when it ran (`run_environment()`): `date`
+            (UTC), `cpu`, `cpu_count`, `litert` (the ai-edge-litert version),
+            `python`, `os`; for a device run, `device` instead of the CPU.
     """
 
     name: str
@@ -64,6 +75,8 @@ class BenchmarkRecord:
     runs: int = None
     rss_growth_mb: float = None
     accuracy: float = None
+    warmup: int = None
+    environment: dict = None
 
     def as_dict(self):
         return dataclasses.asdict(self)
@@ -83,6 +96,35 @@ def static_fields(content, name):
         constant_bytes=sum(info.constant_bytes.values()),
         sparse_tensors=len(info.sparse_tensors),
     )
+
+
+def run_environment():
+    """Where and when a measurement runs: `{"date", "cpu", "cpu_count",
+    "litert", "python", "os"}`, the date in UTC (ISO 8601, seconds)."""
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **_host()}
+
+
+@functools.cache
+def _host():
+    try:
+        litert = importlib.metadata.version("ai-edge-litert")
+    except importlib.metadata.PackageNotFoundError:
+        litert = None
+    return {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "litert": litert,
+            "python": platform.python_version(), "os": platform.platform(terse=True)}
+
+
+def _cpu_model():
+    """The CPU's model name (Linux /proc/cpuinfo), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "Hardware", "Processor")) and ":" in line:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or None
 
 
 def default_name(tflite):
@@ -136,12 +178,14 @@ def benchmark_model(tflite, threads=1, warmup=20, runs=200, use_xnnpack=True, da
         first_inference_ms=first_ms,
         rss_growth_mb=rss_growth,
         accuracy=accuracy,
+        warmup=warmup,
+        environment=run_environment(),
         **latency,
     )
 
 
 def _rss_mb():
-    """Resident set size of this process in MB (Linux /proc; 0 elsewhere)."""
+    """Resident set size of this process in MiB (Linux /proc; 0 elsewhere)."""
     try:
         with open("/proc/self/statm") as f:
             pages = int(f.read().split()[1])

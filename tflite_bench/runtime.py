@@ -10,8 +10,9 @@ times, and `predict(x)` for accuracy.
 
 import numpy as np
 
-from keras_compress.export import inspect_tflite, load_interpreter, predict_tflite
-from keras_compress.export.interpreter import dequantize_io, quantize_io
+from tflite_bench.inspect import inspect_tflite
+from tflite_bench.interpreter import load_interpreter, predict_tflite
+from tflite_bench.interpreter import dequantize_io, quantize_io
 
 RUNTIMES = ("interpreter", "compiled")
 

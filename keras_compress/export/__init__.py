@@ -10,8 +10,8 @@ from keras_compress.export.fidelity import (
     fidelity_report,
 )
 from keras_compress.export.float_ops import FloatOpsWarning
-from keras_compress.export.inspect import OpInfo, TensorInfo, TFLiteInfo, inspect_tflite
-from keras_compress.export.interpreter import (
+from tflite_bench.inspect import OpInfo, TensorInfo, TFLiteInfo, inspect_tflite
+from tflite_bench.interpreter import (
     evaluate_tflite,
     load_interpreter,
     predict_tflite,

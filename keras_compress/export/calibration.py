@@ -5,7 +5,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from keras_compress.export.interpreter import key_problems
+from tflite_bench.interpreter import key_problems
 
 REPRESENTATIVE_DATA_FORMS = (
     "a numpy array of samples (batch first); for several inputs a dict of arrays by "

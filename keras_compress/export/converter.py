@@ -11,6 +11,7 @@ import numpy as np
 
 from keras_compress._models import check_finite_weights, masked_attention, walk_layers
 from keras_compress.export import conversion, isolation
+from keras_compress.export.converter_output import captured_converter_output
 from keras_compress.export.calibration import calibration_samples
 from keras_compress.export.dense_zeros import (
     DenseZerosWarning,
@@ -188,6 +189,11 @@ def to_tflite(
             unrolled); `True`: always; `False`: never. A child process costs
             the start of a Python process with TensorFlow (a few seconds).
 
+    The TFLite converter's own log lines (`fully_quantize: 0, ...`) are
+    kept off the terminal: a failed conversion's error ends with them, and
+    the environment variable `KERAS_COMPRESS_CONVERTER_OUTPUT=1` shows them
+    as they come. Python warnings reach the caller as usual.
+
     Returns:
         The flatbuffer as `bytes`.
 
@@ -232,7 +238,8 @@ def to_tflite(
         for note in notes:
             logger.info("to_tflite: %s", note)
 
-    with tempfile.TemporaryDirectory() as saved_model, _quiet_tensorflow_logger():
+    # The converter's C++ log lines show only in an error, or with KERAS_COMPRESS_CONVERTER_OUTPUT=1.
+    with tempfile.TemporaryDirectory() as saved_model, _quiet_tensorflow_logger(), captured_converter_output():
         names = _export_saved_model(exported, saved_model, inputs, pack, batch_size)
         options = {
             "quantization": quantization,

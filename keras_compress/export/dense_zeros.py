@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from keras_compress.export.inspect import _dtype_name, _indices, _op_name
+from tflite_bench.inspect import _dtype_name, _indices, _op_name
 from keras_compress.export.naming import layer_candidates
 
 # Ops whose constant weights the converter can store in TFLite's sparse format.

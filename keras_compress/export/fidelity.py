@@ -25,7 +25,7 @@ import numpy as np
 from keras.src.models.functional import Functional  # Keras has no public name for it.
 
 from keras_compress._models import graph_of, run_graph
-from keras_compress.export.interpreter import quantize_io, read_flatbuffer
+from tflite_bench.interpreter import quantize_io, read_flatbuffer
 from keras_compress.export.naming import scope_matches
 
 # An exact match has an infinite signal-to-noise ratio; SNRs are clipped to

@@ -7,7 +7,7 @@ import dataclasses
 import keras
 
 from keras_compress._models import walk_layers
-from keras_compress.export.inspect import CONVERSION_OPS, FLOAT_DTYPES, _dtype_name, _indices, _op_name
+from tflite_bench.inspect import CONVERSION_OPS, FLOAT_DTYPES, _dtype_name, _indices, _op_name
 from keras_compress.export.naming import FUSED_SEPARATOR, layer_candidates, resolve_scope
 from keras_compress.export.rewrites import MAX_UNROLL_STEPS, wrapped_recurrent
 

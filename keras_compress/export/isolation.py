@@ -13,6 +13,7 @@ import sys
 import tempfile
 
 from keras_compress.export import conversion
+from keras_compress.export.converter_output import show_converter_output
 
 ISOLATE_MODES = ("auto", True, False)
 
@@ -71,6 +72,8 @@ def convert_in_child(saved_model, options, calibration):
             check=False,
         )
         flatbuffer = conversion.read_result(job) if done.returncode == 0 else None
+    if show_converter_output():
+        sys.stderr.write(done.stdout + done.stderr)
     if flatbuffer is None:
         tail = "\n".join(done.stderr.strip().splitlines()[-_ERROR_TAIL_LINES:])
         raise ChildConversionError(_signal_name(done.returncode), done.returncode, tail)

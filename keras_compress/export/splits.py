@@ -15,7 +15,7 @@ import copy
 import numpy as np
 
 from keras_compress.export.conversion import refresh_model_hash
-from keras_compress.export.inspect import _indices, _op_name
+from tflite_bench.inspect import _indices, _op_name
 
 
 def integer_splits(flatbuffer, keep=()):
