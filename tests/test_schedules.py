@@ -44,9 +44,9 @@ def test_pruning_steps_lists_the_update_steps_in_a_range():
 @pytest.mark.parametrize(
     "make, error, match",
     [
-        (lambda: ConstantSparsity(1.0), ValueError, r"target_sparsity must be in \[0, 1\)"),
-        (lambda: ConstantSparsity(-0.1), ValueError, r"target_sparsity must be in \[0, 1\)"),
-        (lambda: ConstantSparsity("0.5"), TypeError, "target_sparsity must be a float"),
+        (lambda: ConstantSparsity(1.0), ValueError, r"target_sparsity must be a number in \[0, 1\)"),
+        (lambda: ConstantSparsity(-0.1), ValueError, r"target_sparsity must be a number in \[0, 1\)"),
+        (lambda: ConstantSparsity("0.5"), TypeError, "target_sparsity must be a number in \\[0, 1\\)"),
         (lambda: PolynomialDecay(0.0, 1.2, 0, 100), ValueError, "final_sparsity"),
         (lambda: PolynomialDecay(0.0, 0.5, 100, 100), ValueError, "end_step must be greater than begin_step"),
         (lambda: PolynomialDecay(0.0, 0.5, 100, 50), ValueError, "begin_step=100, end_step=50"),

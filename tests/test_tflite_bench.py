@@ -205,3 +205,13 @@ def test_cli_report_records_the_run_settings(files, tmp_path, capsys):
         assert r["runs"] == 7 and r["warmup"] == 3
         assert before <= datetime.datetime.fromisoformat(r["environment"]["date"]) <= after
         assert r["environment"]["litert"] == litert and r["environment"]["cpu"] == cpu
+
+
+def test_litert_messages_are_split_where_litert_joins_them():
+    from tflite_bench.interpreter import litert_message
+
+    joined = RuntimeError("failed to delegate FULLY_CONNECTED node #5Node number 7 (TfLiteXNNPackDelegate) failed to prepare.\n")
+    assert litert_message(joined) == (
+        "failed to delegate FULLY_CONNECTED node #5; Node number 7 (TfLiteXNNPackDelegate) failed to prepare."
+    )
+    assert litert_message(RuntimeError("x" * 400), limit=50) == "x" * 47 + "..."

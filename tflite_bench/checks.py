@@ -62,14 +62,15 @@ def check_number(api, name, value, minimum=None, maximum=None, inclusive=(True, 
     """Returns `value` as a float if it is a finite real number within the
     bounds (`inclusive` says, for (minimum, maximum), whether each end is
     accepted), else raises."""
+    minimum_text, maximum_text = (None if b is None else f"{b:g}" for b in (minimum, maximum))
     low = "[" if inclusive[0] else "("
     high = "]" if inclusive[1] else ")"
     if minimum is not None and maximum is not None:
-        accepted = f"a number in {low}{minimum}, {maximum}{high}"
+        accepted = f"a number in {low}{minimum_text}, {maximum_text}{high}"
     elif minimum is not None:
-        accepted = f"a number {'>=' if inclusive[0] else '>'} {minimum}"
+        accepted = f"a number {'>=' if inclusive[0] else '>'} {minimum_text}"
     elif maximum is not None:
-        accepted = f"a number {'<=' if inclusive[1] else '<'} {maximum}"
+        accepted = f"a number {'<=' if inclusive[1] else '<'} {maximum_text}"
     else:
         accepted = "a finite number"
     if allow_none:

@@ -6,9 +6,19 @@ TensorFlow; `keras_compress.export` re-exports it.
 """
 
 import os
+import re
 import warnings
 
 import numpy as np
+
+
+def litert_message(error, limit=300):
+    """LiteRT's error text on one line: it joins its messages with no
+    separator ("... node #5Node number 7 (...) failed to prepare."), so each
+    message after the first is put after a "; "."""
+    text = " ".join(str(error).split())
+    text = re.sub(r"(?<=[^\s;])(?=Node number \d)", "; ", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_interpreter(tflite, num_threads=None, use_xnnpack=True):
@@ -37,7 +47,7 @@ def load_interpreter(tflite, num_threads=None, use_xnnpack=True):
             return interpreter
         except RuntimeError as error:
             warnings.warn(
-                f"XNNPACK could not prepare this model ({str(error).strip()[:200]}); "
+                f"XNNPACK could not prepare this model ({litert_message(error)}); "
                 "running it with the builtin kernels instead.",
                 stacklevel=2,
             )

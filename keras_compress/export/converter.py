@@ -34,6 +34,7 @@ from keras_compress.export.signature import (
     output_names,
 )
 from keras_compress.export.splits import integer_splits
+from tflite_bench.checks import check_bool, check_choice, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -215,8 +216,6 @@ def to_tflite(
                        representative_data={"numbers": numbers, "image": images})
     ```
     """
-    from tflite_bench.checks import check_choice  # TODO(layering): module level once tflite_bench is Keras-free
-
     check_choice("to_tflite", "size_by", size_by, conversion.SIZE_MEASURES)
     _check_arguments(model, output, quantization, calibration_steps, int8_io, sparse, batch_size,
                      strict, isolate)
@@ -275,26 +274,15 @@ def _check_arguments(model, output, quantization, calibration_steps, int8_io, sp
         raise TypeError(f"to_tflite expects a keras.Model, got {type(model).__name__}.")
     if sparse not in ("auto", True, False):
         raise ValueError(f"to_tflite: sparse must be 'auto', True or False, got {sparse!r}.")
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise ValueError(f"to_tflite: batch_size must be an int >= 1 or None, got {batch_size!r}.")
+    check_int("to_tflite", "batch_size", batch_size, minimum=1, allow_none=True)
     if output is not None and not isinstance(output, (str, os.PathLike)):
         raise TypeError(f"to_tflite: output must be a file path or None, got {output!r}.")
     if quantization not in QUANTIZATION_MODES:
         raise ValueError(
             f"to_tflite: quantization must be one of {QUANTIZATION_MODES}, got {quantization!r}."
         )
-    if (
-        isinstance(calibration_steps, bool)
-        or not isinstance(calibration_steps, int)
-        or calibration_steps < 1
-    ):
-        raise ValueError(
-            f"to_tflite: calibration_steps must be an int >= 1, got {calibration_steps!r}."
-        )
-    if not isinstance(int8_io, bool):
-        raise TypeError(f"to_tflite: int8_io must be True or False, got {int8_io!r}.")
+    check_int("to_tflite", "calibration_steps", calibration_steps, minimum=1)
+    check_bool("to_tflite", "int8_io", int8_io)
     if not isinstance(strict, bool):
         raise TypeError(f"to_tflite: strict must be True or False, got {strict!r}.")
     if isolate not in isolation.ISOLATE_MODES or isinstance(isolate, int) and not isinstance(isolate, bool):

@@ -25,8 +25,9 @@ import numpy as np
 from keras.src.models.functional import Functional  # Keras has no public name for it.
 
 from keras_compress._models import graph_of, run_graph
-from tflite_bench.interpreter import quantize_io, read_flatbuffer
 from keras_compress.export.naming import scope_matches
+from tflite_bench.checks import check_int, check_number
+from tflite_bench.interpreter import quantize_io, read_flatbuffer
 
 # An exact match has an infinite signal-to-noise ratio; SNRs are clipped to
 # +-MAX_SNR_DB so that every value is a finite number in tables, JSON and
@@ -518,21 +519,9 @@ def _check_model(model):
 
 
 def _check_options(max_samples, num_threads, threshold_db):
-    if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
-        raise ValueError(f"fidelity_report: max_samples must be an int >= 1, got {max_samples!r}.")
-    if num_threads is not None and (
-        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
-    ):
-        raise ValueError(f"fidelity_report: num_threads must be an int >= 1 or None, got {num_threads!r}.")
-    if (
-        isinstance(threshold_db, bool)
-        or not isinstance(threshold_db, (int, float))
-        or not math.isfinite(threshold_db)
-        or threshold_db <= 0
-    ):
-        raise ValueError(
-            f"fidelity_report: threshold_db must be a positive number of dB, got {threshold_db!r}."
-        )
+    check_int("fidelity_report", "max_samples", max_samples, minimum=1)
+    check_int("fidelity_report", "num_threads", num_threads, minimum=1, allow_none=True)
+    check_number("fidelity_report", "threshold_db", threshold_db, minimum=0, inclusive=(False, True))
 
 
 def _check_path(api, path):

@@ -6,9 +6,10 @@ sparsity here. A schedule is plain Python: it is evaluated by the
 `UpdatePruningStep` callback between batches, never inside the training graph.
 """
 
-import math
 
 import keras
+
+from tflite_bench.checks import check_fraction, check_int, check_number
 
 
 class PruningSchedule:
@@ -68,26 +69,16 @@ class PruningSchedule:
         return f"{type(self).__name__}({args})"
 
 
-def _check_sparsity(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float in [0, 1), got {value!r}.")
-    if not 0.0 <= value < 1.0 or math.isnan(value):
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}.")
+def _check_sparsity(where, name, value):
+    check_fraction(where, name, value)
 
 
 def _check_steps(where, begin_step, end_step, frequency, allow_forever):
-    _check_int(f"{where}: begin_step", begin_step, 0)
-    _check_int(f"{where}: frequency", frequency, 1)
+    check_int(where, "begin_step", begin_step, minimum=0)
+    check_int(where, "frequency", frequency, minimum=1)
     if allow_forever and end_step == -1:
         return
-    _check_int(f"{where}: end_step", end_step, 0)
+    check_int(where, "end_step", end_step, minimum=0)
     if end_step <= begin_step:
         accepted = "-1 (forever) or " if allow_forever else ""
         raise ValueError(
@@ -118,7 +109,7 @@ class ConstantSparsity(PruningSchedule):
     """
 
     def __init__(self, target_sparsity, begin_step=0, end_step=-1, frequency=100):
-        _check_sparsity("ConstantSparsity: target_sparsity", target_sparsity)
+        _check_sparsity("ConstantSparsity", "target_sparsity", target_sparsity)
         _check_steps("ConstantSparsity", begin_step, end_step, frequency, allow_forever=True)
         super().__init__(begin_step, end_step, frequency)
         self.target_sparsity = float(target_sparsity)
@@ -170,11 +161,10 @@ class PolynomialDecay(PruningSchedule):
         power=3,
         frequency=100,
     ):
-        _check_sparsity("PolynomialDecay: initial_sparsity", initial_sparsity)
-        _check_sparsity("PolynomialDecay: final_sparsity", final_sparsity)
+        _check_sparsity("PolynomialDecay", "initial_sparsity", initial_sparsity)
+        _check_sparsity("PolynomialDecay", "final_sparsity", final_sparsity)
         _check_steps("PolynomialDecay", begin_step, end_step, frequency, allow_forever=False)
-        if isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0:
-            raise ValueError(f"power must be a number > 0, got {power!r}.")
+        check_number("PolynomialDecay", "power", power, minimum=0, inclusive=(False, True))
         super().__init__(begin_step, end_step, frequency)
         self.initial_sparsity = float(initial_sparsity)
         self.final_sparsity = float(final_sparsity)
