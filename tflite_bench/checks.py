@@ -35,25 +35,37 @@ def _is_real(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _accepted(kind, minimum, maximum, inclusive, allow_none):
+    """"an int >= 1", "a number in [0, 1)", ..., with " or None" when allowed."""
+    low, high = (f"{b:g}" if b is not None else None for b in (minimum, maximum))
+    if low is not None and high is not None:
+        text = f"{kind} in {'[' if inclusive[0] else '('}{low}, {high}{']' if inclusive[1] else ')'}"
+    elif low is not None:
+        text = f"{kind} {'>=' if inclusive[0] else '>'} {low}"
+    elif high is not None:
+        text = f"{kind} {'<=' if inclusive[1] else '<'} {high}"
+    else:
+        text = kind
+    return text + (" or None" if allow_none else "")
+
+
+def _outside(value, minimum, maximum, inclusive):
+    if minimum is not None and (value < minimum if inclusive[0] else value <= minimum):
+        return True
+    return maximum is not None and (value > maximum if inclusive[1] else value >= maximum)
+
+
 def check_int(api, name, value, minimum=None, maximum=None, allow_none=False):
     """Returns `value` (an int) if `minimum <= value <= maximum`, else raises.
 
     `allow_none=True` accepts None as well (and returns it)."""
-    accepted = "an int"
-    if minimum is not None and maximum is not None:
-        accepted += f" in [{minimum}, {maximum}]"
-    elif minimum is not None:
-        accepted += f" >= {minimum}"
-    elif maximum is not None:
-        accepted += f" <= {maximum}"
-    if allow_none:
-        accepted += " or None"
-        if value is None:
-            return None
-    message = f"{_where(api, name)} must be {accepted}, got {describe(value)}."
+    if allow_none and value is None:
+        return None
+    message = (f"{_where(api, name)} must be {_accepted('an int', minimum, maximum, (True, True), allow_none)}, "
+               f"got {describe(value)}.")
     if not _is_int(value):
         raise TypeError(message)
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+    if _outside(value, minimum, maximum, (True, True)):
         raise ValueError(message)
     return int(value)
 
@@ -62,30 +74,15 @@ def check_number(api, name, value, minimum=None, maximum=None, inclusive=(True, 
     """Returns `value` as a float if it is a finite real number within the
     bounds (`inclusive` says, for (minimum, maximum), whether each end is
     accepted), else raises."""
-    minimum_text, maximum_text = (None if b is None else f"{b:g}" for b in (minimum, maximum))
-    low = "[" if inclusive[0] else "("
-    high = "]" if inclusive[1] else ")"
-    if minimum is not None and maximum is not None:
-        accepted = f"a number in {low}{minimum_text}, {maximum_text}{high}"
-    elif minimum is not None:
-        accepted = f"a number {'>=' if inclusive[0] else '>'} {minimum_text}"
-    elif maximum is not None:
-        accepted = f"a number {'<=' if inclusive[1] else '<'} {maximum_text}"
-    else:
-        accepted = "a finite number"
-    if allow_none:
-        accepted += " or None"
-        if value is None:
-            return None
-    message = f"{_where(api, name)} must be {accepted}, got {describe(value)}."
+    if allow_none and value is None:
+        return None
+    kind = "a number" if minimum is not None or maximum is not None else "a finite number"
+    message = (f"{_where(api, name)} must be {_accepted(kind, minimum, maximum, inclusive, allow_none)}, "
+               f"got {describe(value)}.")
     if not _is_real(value):
         raise TypeError(message)
     value = float(value)
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError(message)
-    if minimum is not None and (value < minimum if inclusive[0] else value <= minimum):
-        raise ValueError(message)
-    if maximum is not None and (value > maximum if inclusive[1] else value >= maximum):
+    if math.isnan(value) or math.isinf(value) or _outside(value, minimum, maximum, inclusive):
         raise ValueError(message)
     return value
 
