@@ -10,6 +10,7 @@ from keras import ops
 # expects compute_loss to return the loss divided by the replica count (Keras's
 # own losses do this inside) and divides it back for logging.
 from keras.src.losses.loss import scale_loss_for_distribution
+from keras.src.trainers.compile_utils import CompileMetrics
 
 from keras_compress._models import check_finite_weights
 from keras_compress.distillation.losses import (
@@ -19,6 +20,12 @@ from keras_compress.distillation.losses import (
 )
 
 MODES = ("soft", "hard")
+
+#: The label that marks a sample without one (as `ignore_index` in other
+#: frameworks): for integer labels the value itself, for one-hot or soft
+#: labels a row of it. The hard (label) loss and the compiled metrics skip
+#: such samples; the teacher's soft loss uses every sample.
+UNLABELLED = -1
 
 
 def _is_kl(loss):
@@ -41,6 +48,38 @@ def _check_model(model, role):
 
 def _shape(tensor):
     return tuple(tensor.shape)
+
+
+def _per_sample(fn, y_true, y_pred):
+    """`fn(y_true, y_pred)` per sample, shape `(batch,)`, unreduced."""
+    if isinstance(fn, keras.losses.Loss):
+        values = fn.call(ops.cast(y_true, fn.dtype), ops.cast(y_pred, fn.dtype))
+    else:
+        values = fn(y_true, y_pred)
+    values = ops.cast(values, "float32")
+    if len(values.shape) == 0:
+        raise ValueError(
+            "Distiller: with unlabelled samples (label -1), student_loss_fn must return one "
+            "value per sample (a keras.losses.Loss or a function such as "
+            "keras.losses.sparse_categorical_crossentropy), not a scalar."
+        )
+    if len(values.shape) > 1:
+        values = ops.mean(values, axis=tuple(range(1, len(values.shape))))
+    return values
+
+
+def _label_mask(labels):
+    """1.0 for samples that have a label, 0.0 for those marked `UNLABELLED`."""
+    present = ops.not_equal(labels, ops.cast(UNLABELLED, labels.dtype))
+    if len(present.shape) > 1:
+        present = ops.any(present, axis=tuple(range(1, len(present.shape))))
+    return ops.cast(present, "float32")
+
+
+def _fill_unlabelled(labels, mask):
+    """`labels` with the `UNLABELLED` entries set to 0: valid for any loss or metric."""
+    keep = ops.reshape(mask, (-1,) + (1,) * (len(labels.shape) - 1))
+    return labels * ops.cast(keep, labels.dtype)
 
 
 def _batch_mean(fn, y_true, y_pred):
@@ -93,6 +132,16 @@ class Distiller(keras.Model):
     `strategy.scope()`), every term is averaged over the global batch, as on
     one device.
 
+    Labels are optional, per batch or per sample: `fit(x)` (no `y`) trains
+    on the teacher alone, and a label of `UNLABELLED` (-1; a row of -1 for
+    one-hot labels) marks a sample without one (`mixed_dataset` builds such
+    data from labelled and unlabelled arrays). The student loss is then the
+    mean over the labelled samples of the batch (0 when there are none), the
+    distillation and hint losses use every sample, and the compiled metrics
+    are measured on the labelled samples only (and not reported at all when
+    no label was seen). This is distillation's strongest use: a few labels and
+    many unlabelled inputs.
+
     Several teachers can be given as a list; their logits are averaged.
     `cache_teacher` computes the teacher's outputs once over a dataset, so
     that each epoch costs only the student.
@@ -120,6 +169,13 @@ class Distiller(keras.Model):
     )
     distiller.fit(x_train, y_train, epochs=10)
     kc.to_tflite(distiller.student, "student.tflite")
+    ```
+
+    With 1,000 labels and 7,000 unlabelled images:
+
+    ```python
+    x, y = kc.distillation.mixed_dataset(x_train[:1000], y_train[:1000], x_train[1000:])
+    distiller.fit(*distiller.cache_teacher(x, y), epochs=10)
     ```
     """
 
@@ -259,10 +315,12 @@ class Distiller(keras.Model):
 
         Args:
             optimizer: the student's optimizer.
-            metrics: metrics of the student's predictions against the labels.
+            metrics: metrics of the student's predictions against the labels,
+                on the labelled samples only (see `UNLABELLED`).
             student_loss_fn: loss of the student on the labels, averaged
-                over the batch (a `keras.losses.Loss`'s `reduction` is not
-                used). Default `SparseCategoricalCrossentropy(from_logits=True)`.
+                over the labelled samples of the batch (a `keras.losses.Loss`'s
+                `reduction` is not used; a function must return one value per
+                sample). Default `SparseCategoricalCrossentropy(from_logits=True)`.
             distillation_loss_fn: `None`, `"kl_divergence"` or
                 `keras.losses.KLDivergence()` (all the stable KL on log-softmax);
                 a `keras.distillation.LogitsDistillation` (its temperature is
@@ -373,7 +431,12 @@ class Distiller(keras.Model):
         # for distribution once, at the end.
         student_loss = ops.zeros(())
         if labels is not None and self.alpha > 0:
-            student_loss = _batch_mean(self.student_loss_fn, labels, y_pred)
+            labels = ops.convert_to_tensor(labels)
+            mask = _label_mask(labels)
+            # Mean over the labelled samples of the batch (0 if there are none):
+            # the teacher's soft loss below covers every sample.
+            per_sample = _per_sample(self.student_loss_fn, _fill_unlabelled(labels, mask), y_pred)
+            student_loss = ops.sum(per_sample * mask) / ops.maximum(ops.sum(mask), 1.0)
         distillation_loss = self._distillation_loss(teacher_logits, y_pred)
         total = self.alpha * student_loss + (1 - self.alpha) * distillation_loss
         self.student_loss_tracker.update_state(student_loss)
@@ -410,10 +473,45 @@ class Distiller(keras.Model):
         return _batch_mean(fn, soft_teacher, soft_student) * temperature**2
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Updates the compiled metrics on the labelled samples only.
+
+        Samples labelled `UNLABELLED` get weight 0; without labels at all
+        (`fit(x)`, or `cache_teacher(x)` without `y`) the compiled metrics
+        are left unbuilt and only the losses are reported.
+        """
         labels, _ = _split_targets(y)
-        if labels is None:  # teacher-only targets: the loss trackers are all there is
-            return {m.name: m.result() for m in self.metrics}
-        return super().compute_metrics(x, labels, y_pred, sample_weight=sample_weight)
+        compiled = getattr(self, "_compile_metrics", None)
+        if labels is not None and compiled is not None:
+            labels = ops.convert_to_tensor(labels)
+            mask = _label_mask(labels)
+            labels = _fill_unlabelled(labels, mask)
+            weight = mask
+            if sample_weight is not None:
+                weight = mask * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+            if not compiled.built:
+                compiled.build(labels, y_pred)
+            # What CompileMetrics.update_state does for one output, except that
+            # `metrics` (unweighted) still skip the unlabelled samples.
+            for metric in compiled._flat_metrics:
+                if metric:
+                    metric.update_state(labels, y_pred, sample_weight=mask)
+            for metric in compiled._flat_weighted_metrics:
+                if metric:
+                    metric.update_state(labels, y_pred, sample_weight=weight)
+        return self.get_metrics_result()
+
+    def get_metrics_result(self):
+        """The metrics' values; compiled metrics that never saw a label are left out."""
+        results = {}
+        for metric in self.metrics:
+            if isinstance(metric, CompileMetrics) and not metric.built:
+                continue
+            result = metric.result()
+            if isinstance(result, dict):
+                results.update(result)
+            else:
+                results[metric.name] = result
+        return results
 
     # -- teacher caching ----------------------------------------------------
 
@@ -494,6 +592,128 @@ class Distiller(keras.Model):
         ]
         hints = [tuple(pair) for pair in config.pop("hints", [])] or None
         return cls(student=student, teacher=teachers if len(teachers) > 1 else teachers[0], hints=hints, **config)
+
+
+def mixed_dataset(x_labelled, y_labelled, x_unlabelled):
+    """Labelled and unlabelled samples as one `(x, y)` pair for `Distiller.fit`.
+
+    The unlabelled samples get the label `UNLABELLED` (-1; a row of -1 for
+    one-hot labels). The Distiller's hard (label) loss and its compiled
+    metrics then use the labelled samples only, and the teacher's soft loss
+    every sample. `fit` shuffles, so each batch mixes both kinds:
+
+    ```python
+    x, y = kc.distillation.mixed_dataset(x_train[:1000], y_train[:1000], x_train[1000:])
+    distiller.compile(optimizer="adam", metrics=["accuracy"], alpha=0.5, temperature=4)
+    distiller.fit(*distiller.cache_teacher(x, y), epochs=20, batch_size=64)
+    ```
+
+    The same labels work in a `tf.data.Dataset` of `(x, y)` batches: mark a
+    sample without a label with -1 yourself. Data with no labels at all is
+    simply `distiller.fit(x)`.
+
+    Args:
+        x_labelled: inputs that have labels: a numpy array, or a list or
+            dict of arrays (one per model input).
+        y_labelled: their labels, integer class ids `(n,)` / `(n, 1)` or
+            one-hot / soft rows `(n, classes)`; -1 is reserved.
+        x_unlabelled: inputs without labels, in the same form and with the
+            same per-sample shapes as `x_labelled`.
+
+    Returns:
+        `(x, y)`: the labelled samples first, then the unlabelled ones; `x`
+        in the form of `x_labelled`, `y` a numpy array.
+
+    Raises:
+        TypeError: an argument is not an array (or a list / dict of them).
+        ValueError: empty inputs, mismatched sample counts or shapes, or
+            labels that already contain -1.
+    """
+    api = "mixed_dataset"
+    labelled = _input_arrays(api, "x_labelled", x_labelled)
+    unlabelled = _input_arrays(api, "x_unlabelled", x_unlabelled)
+    if isinstance(labelled, dict) != isinstance(unlabelled, dict) or len(labelled) != len(unlabelled):
+        raise ValueError(
+            f"{api}: x_unlabelled must have the form of x_labelled (one array, or the same "
+            f"list / dict of arrays per model input), got {_form(x_unlabelled)} and {_form(x_labelled)}."
+        )
+    if isinstance(labelled, dict) and set(labelled) != set(unlabelled):
+        raise ValueError(
+            f"{api}: x_unlabelled must have the keys of x_labelled {sorted(labelled)}, "
+            f"got {sorted(unlabelled)}."
+        )
+    keys = list(labelled) if isinstance(labelled, dict) else range(len(labelled))
+    n_labelled = _sample_count(api, "x_labelled", [labelled[k] for k in keys])
+    _sample_count(api, "x_unlabelled", [unlabelled[k] for k in keys])
+    for k in keys:
+        if labelled[k].shape[1:] != unlabelled[k].shape[1:]:
+            where = "" if not isinstance(labelled, dict) and len(keys) == 1 else f" (input {k!r})"
+            raise ValueError(
+                f"{api}: x_unlabelled samples must have the shape of x_labelled samples{where}, "
+                f"{labelled[k].shape[1:]}, got {unlabelled[k].shape[1:]}."
+            )
+    if isinstance(y_labelled, (str, bytes)) or not hasattr(y_labelled, "__len__"):
+        raise TypeError(f"{api}: y_labelled must be an array of labels, got {type(y_labelled).__name__}.")
+    y = np.asarray(y_labelled)
+    if y.dtype.kind not in "biuf" or y.ndim not in (1, 2):
+        raise ValueError(
+            f"{api}: y_labelled must hold numbers, class ids (n,) or (n, 1) or one-hot rows "
+            f"(n, classes), got dtype {y.dtype} and shape {y.shape}."
+        )
+    if len(y) != n_labelled:
+        raise ValueError(f"{api}: x_labelled has {n_labelled} samples and y_labelled {len(y)}; they must match.")
+    if np.any(np.all(y.reshape(len(y), -1) == UNLABELLED, axis=1)):
+        raise ValueError(
+            f"{api}: y_labelled must not contain the label {UNLABELLED}: it marks the "
+            "unlabelled samples. Pass those in x_unlabelled."
+        )
+    n_unlabelled = len(unlabelled[keys[0]] if isinstance(labelled, dict) else unlabelled[0])
+    missing = np.full((n_unlabelled, *y.shape[1:]), UNLABELLED, dtype=y.dtype if y.dtype.kind != "u" else "int64")
+    y_all = np.concatenate([y.astype(missing.dtype), missing])
+    joined = {k: np.concatenate([labelled[k], unlabelled[k]]) for k in keys}
+    if isinstance(labelled, dict):
+        return joined, y_all
+    if isinstance(x_labelled, (list, tuple)):
+        return [joined[k] for k in keys], y_all
+    return joined[0], y_all
+
+
+def _input_arrays(api, name, x):
+    """`x` as a dict or list of numpy arrays (a lone array: a list of one)."""
+    if isinstance(x, dict):
+        values = dict(x)
+    elif isinstance(x, (list, tuple)) and x and all(hasattr(v, "__array__") for v in x):
+        values = list(x)
+    elif hasattr(x, "__array__") and not isinstance(x, (str, bytes)):
+        return [np.asarray(x)]
+    else:
+        raise TypeError(
+            f"{api}: {name} must be a numpy array, or a list or dict of arrays (one per model "
+            f"input), got {_form(x)}."
+        )
+    items = values.items() if isinstance(values, dict) else enumerate(values)
+    for k, v in items:
+        if not hasattr(v, "__array__"):
+            raise TypeError(f"{api}: {name}[{k!r}] must be a numpy array, got {type(v).__name__}.")
+        values[k] = np.asarray(v)
+    return values
+
+
+def _sample_count(api, name, arrays):
+    counts = {len(a) if a.ndim else 0 for a in arrays}
+    if len(counts) > 1:
+        raise ValueError(f"{api}: the arrays of {name} must have the same number of samples, got {sorted(counts)}.")
+    if counts == {0}:
+        raise ValueError(f"{api}: {name} must hold at least one sample, got none.")
+    return counts.pop()
+
+
+def _form(x):
+    if hasattr(x, "shape"):
+        return f"an array of shape {tuple(x.shape)}"
+    if isinstance(x, (list, tuple, dict)):
+        return f"a {type(x).__name__} of {len(x)} items"
+    return type(x).__name__
 
 
 def _inputs(model):
