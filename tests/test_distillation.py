@@ -349,6 +349,60 @@ def test_config_and_keras_file_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "loss, fn",
+    [
+        ("mae", keras.losses.mean_absolute_error),
+        (keras.losses.MeanAbsoluteError(), keras.losses.mean_absolute_error),
+        (keras.losses.cosine_similarity, keras.losses.cosine_similarity),
+        ("mse", None),  # the default: kept as a plain pair
+    ],
+    ids=["mae", "MeanAbsoluteError", "cosine_similarity", "mse"],
+)
+def test_feature_distillation_hint_loss_survives_config_and_keras_file(tmp_path, loss, fn):
+    # Used to reload as MSE: the config kept only the layer names.
+    x, y = toy_data(32)
+    hint = keras.distillation.FeatureDistillation(loss=loss, teacher_layer_name="t_dense", student_layer_name="s_dense")
+    distiller = compiled(
+        Distiller(student=student_model(), teacher=teacher_model(), hints=[hint, ("t_conv", "s_conv")]),
+        alpha=0.3, temperature=2.0, distillation_loss_fn=keras.distillation.LogitsDistillation(temperature=2.0),
+    )
+    distiller.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    config = distiller.get_config()
+    clone = Distiller.from_config(config)
+    assert clone.get_config() == config  # and from_config left `config` intact
+    assert distiller.get_config() == config
+
+    def hint_fn(d):
+        f = d.hints[0][2]
+        return getattr(f, "fn", f)
+
+    assert hint_fn(clone) is fn and clone.hints[1] == ("t_conv", "s_conv", None)
+    path = str(tmp_path / "distiller.keras")
+    distiller.save(path)
+    loaded = keras.saving.load_model(path)
+    assert hint_fn(loaded) is fn and loaded.get_config()["hints"] == config["hints"]
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), distiller.predict(x, verbose=0), rtol=1e-6)
+    # The hint loss is the same function on the same weights: the same value.
+    before = distiller.evaluate(x, y, verbose=0, return_dict=True)
+    after = loaded.evaluate(x, y, verbose=0, return_dict=True)
+    for key in ("loss", "hint_loss", "distillation_loss", "student_loss", "accuracy"):
+        assert after[key] == pytest.approx(before[key], rel=1e-5)
+    if fn is not None:  # and it is not what MSE would give
+        mse = Distiller(student=distiller.student, teacher=distiller.teachers[0], hints=[("t_dense", "s_dense"), ("t_conv", "s_conv")])
+        mse.adapters = distiller.adapters
+        compiled(mse, alpha=0.3, temperature=2.0)
+        assert mse.evaluate(x, y, verbose=0, return_dict=True)["hint_loss"] != pytest.approx(after["hint_loss"], rel=1e-3)
+
+
+def test_distiller_get_config_of_a_mae_hint_is_readable():
+    hint = keras.distillation.FeatureDistillation(loss="mae", teacher_layer_name="t_dense", student_layer_name="s_dense")
+    config = Distiller(student=student_model(), teacher=teacher_model(), hints=[hint]).get_config()
+    (entry,) = config["hints"]
+    assert entry["teacher_layer_name"] == "t_dense" and entry["student_layer_name"] == "s_dense"
+    assert keras.losses.deserialize(entry["loss"]) is keras.losses.mean_absolute_error
+
+
+@pytest.mark.parametrize(
     "build, error, match",
     [
         (lambda: Distiller(student="s", teacher=teacher_model()), TypeError, "student must be a keras.Model"),

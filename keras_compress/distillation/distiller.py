@@ -1,5 +1,6 @@
 """`Distiller`: a `keras.Model` that trains a student on labels and a frozen teacher."""
 
+import copy
 import numbers
 
 import keras
@@ -551,7 +552,7 @@ class Distiller(keras.Model):
             "name": self.name,
             "student": keras.saving.serialize_keras_object(self.student),
             "teacher": [keras.saving.serialize_keras_object(t) for t in self.teachers],
-            "hints": [[t, s] for t, s, _ in self.hints],
+            "hints": [_hint_config(t, s, loss) for t, s, loss in self.hints],
         }
         return config
 
@@ -584,13 +585,13 @@ class Distiller(keras.Model):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
+        config = copy.deepcopy(config)  # Keras's deserialization edits nested configs in place
         student = keras.saving.deserialize_keras_object(config.pop("student"), custom_objects=custom_objects)
         teachers = [
             keras.saving.deserialize_keras_object(t, custom_objects=custom_objects)
             for t in config.pop("teacher")
         ]
-        hints = [tuple(pair) for pair in config.pop("hints", [])] or None
+        hints = [_hint_from_config(h) for h in config.pop("hints", [])] or None
         return cls(student=student, teacher=teachers if len(teachers) > 1 else teachers[0], hints=hints, **config)
 
 
@@ -714,6 +715,27 @@ def _form(x):
     if isinstance(x, (list, tuple, dict)):
         return f"a {type(x).__name__} of {len(x)} items"
     return type(x).__name__
+
+
+def _hint_config(teacher_layer, student_layer, loss):
+    """A hint in a config: the pair of names, with its loss unless it is the default MSE."""
+    if loss is None:
+        return [teacher_layer, student_layer]
+    return {
+        "teacher_layer_name": teacher_layer,
+        "student_layer_name": student_layer,
+        "loss": keras.losses.serialize(loss),
+    }
+
+
+def _hint_from_config(config):
+    if isinstance(config, dict):
+        return keras.distillation.FeatureDistillation(
+            loss=keras.losses.deserialize(config["loss"]),
+            teacher_layer_name=config["teacher_layer_name"],
+            student_layer_name=config["student_layer_name"],
+        )
+    return tuple(config)
 
 
 def _inputs(model):
