@@ -298,6 +298,63 @@ def test_mixed_dataset_errors(args, error, match):
             np.testing.assert_array_equal(arg, original)
 
 
+def test_cache_teacher_reads_datasets_generators_and_several_inputs():
+    import tensorflow as tf
+
+    x, y = toy_data(40)
+    distiller = compiled(Distiller(student=student_model(), teacher=teacher_model(), hints=[("t_dense", "s_dense")]))
+    x_ref, ref = distiller.cache_teacher(x, y, batch_size=16)
+    forms = {
+        "tf.data (x, y)": tf.data.Dataset.from_tensor_slices((x, y)).batch(7),
+        "generator fn": lambda: ((x[i : i + 9], y[i : i + 9]) for i in range(0, 40, 9)),
+        "(x, y) tuple": (x, y),
+    }
+    for name, data in forms.items():
+        x_got, got = distiller.cache_teacher(data, batch_size=16)
+        np.testing.assert_array_equal(x_got, x_ref, err_msg=name)
+        np.testing.assert_array_equal(got["labels"], y, err_msg=name)
+        np.testing.assert_allclose(got["teacher_logits"], ref["teacher_logits"], rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(got["teacher_features"][0], ref["teacher_features"][0], rtol=1e-5, atol=1e-6)
+    x_only, unlabelled = distiller.cache_teacher(tf.data.Dataset.from_tensor_slices(x).batch(8))
+    assert "labels" not in unlabelled
+    distiller.fit(x_only, unlabelled, epochs=1, batch_size=16, verbose=0)
+
+    # Two inputs: a dict by name or a list in order, cached and trained on.
+    def two_inputs(name, units):
+        a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+        h = L.Dense(units, activation="relu")(L.Concatenate()([a, b]))
+        return keras.Model([a, b], L.Dense(3)(h), name=name)
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(24, 4)).astype("float32"), rng.normal(size=(24, 3)).astype("float32")
+    teacher = two_inputs("teacher2", 16)
+    two = Distiller(student=two_inputs("student2", 4), teacher=teacher)
+    two.compile(optimizer="adam", metrics=["accuracy"])
+    x_two, targets = two.cache_teacher({"a": a, "b": b}, y[:24], batch_size=10)
+    assert isinstance(x_two, list) and len(x_two) == 2
+    np.testing.assert_allclose(targets["teacher_logits"], value(teacher([a, b])), rtol=1e-5, atol=1e-6)
+    history = two.fit(x_two, targets, epochs=1, batch_size=8, verbose=0).history
+    assert "accuracy" in history
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda d, x, y: d.cache_teacher("images"), TypeError, "Distiller.cache_teacher: x must be a numpy array of samples"),
+        (lambda d, x, y: d.cache_teacher(x[:, :5]), ValueError, r"Distiller.cache_teacher: x has shape \(8, 5, 12, 1\), but model 'teacher' expects \(batch, 12, 12, 1\)"),
+        (lambda d, x, y: d.cache_teacher(x, y[:3]), ValueError, "x has 8 samples and y 3"),
+        (lambda d, x, y: d.cache_teacher((x, y), y), ValueError, "x already yields labels"),
+        (lambda d, x, y: d.cache_teacher(x, batch_size=0), ValueError, "Distiller.cache_teacher: batch_size must be an int >= 1, got 0"),
+        (lambda d, x, y: d.cache_teacher(x, batch_size=2.0), TypeError, "batch_size must be an int >= 1"),
+        (lambda d, x, y: d.cache_teacher(x[:0]), ValueError, "Distiller.cache_teacher: x is empty"),
+    ],
+)
+def test_cache_teacher_errors(call, error, match):
+    x, y = toy_data(8)
+    with pytest.raises(error, match=match):
+        call(Distiller(student=student_model(), teacher=teacher_model()), x, y)
+
+
 def test_several_teachers_average_their_logits():
     x, _ = toy_data(8)
     t1, t2 = teacher_model(), teacher_model()

@@ -6,6 +6,7 @@ import numbers
 import keras
 import numpy as np
 from keras import ops
+from tflite_bench.checks import check_int
 
 # Keras has no public name for it. Under a tf.distribute strategy, the trainer
 # expects compute_loss to return the loss divided by the replica count (Keras's
@@ -13,6 +14,7 @@ from keras import ops
 from keras.src.losses.loss import scale_loss_for_distribution
 from keras.src.trainers.compile_utils import CompileMetrics
 
+from keras_compress import _data
 from keras_compress._models import check_finite_weights
 from keras_compress.distillation.losses import (
     feature_distillation_loss,
@@ -522,28 +524,57 @@ class Distiller(keras.Model):
         `distiller.fit(*distiller.cache_teacher(x_train, y_train), epochs=10)`
         then trains on the stored teacher outputs: each epoch costs only the
         student. Augmentation that changes `x` between epochs cannot be cached.
+        Labels may be missing (`y=None`) or -1 for some samples (see
+        `UNLABELLED` and `mixed_dataset`).
 
         Args:
-            x: a numpy array of inputs.
-            y: their labels, or `None` (distillation only: set `alpha=0`).
-            batch_size: batch size of the teacher's pass.
+            x: the inputs, in any form of the shared data adapter
+                (`keras_compress._data.INPUT_FORMS`): a numpy array; a list or
+                dict of arrays by input name for several inputs; an `(x, y)`
+                tuple; a finite `tf.data.Dataset`, iterable or generator of
+                batches (or `(x, y)` batches). Everything is read into memory.
+            y: labels, or `None`: none, or those that `x` yields.
+            batch_size: int >= 1, batch size of the teacher's pass.
+
+        Returns:
+            `(x, targets)`: `x` as numpy (one array, or a list with one array
+            per input in the model's order) and a dict of numpy arrays that
+            `fit` passes to the loss: the teacher's logits (and hint features),
+            and the labels if there were any.
+
+        Raises:
+            TypeError: `x` has none of the accepted forms, or `batch_size`
+                is not an int.
+            ValueError: `x` is empty or does not fit the model's inputs; `y`
+                has another number of samples, or is given twice.
         """
-        x = np.asarray(x)
-        if x.ndim == 0 or len(x) == 0:
-            raise ValueError("Distiller.cache_teacher: x must be a non-empty array of inputs.")
-        if y is not None and len(y) != len(x):
-            raise ValueError(f"Distiller.cache_teacher: x has {len(x)} samples and y {len(y)}.")
+        api = "Distiller.cache_teacher"
+        check_int(api, "batch_size", batch_size, minimum=1)
+        inputs = _data.input_specs(self.teachers[0])
+        arrays, labels = _data.read_inputs(
+            x, inputs, api=api, argument="x", model_name=self.teachers[0].name, labels=True
+        )
+        n = len(arrays[0])
+        if y is not None:
+            if labels is not None:
+                raise ValueError(f"{api}: x already yields labels; pass y=None, or x without labels.")
+            if isinstance(y, (str, bytes)) or not hasattr(y, "__len__"):
+                raise TypeError(f"{api}: y must be an array of labels or None, got {type(y).__name__}.")
+            labels = np.asarray(y)
+        if labels is not None and len(labels) != n:
+            raise ValueError(f"{api}: x has {n} samples and y {len(labels)}; they must match.")
         logits, features = [], []
-        for start in range(0, len(x), batch_size):
-            batch_logits, batch_features = self.teacher_outputs(x[start : start + batch_size])
+        for start in range(0, n, batch_size):
+            batch = [a[start : start + batch_size] for a in arrays]
+            batch_logits, batch_features = self.teacher_outputs(batch[0] if len(batch) == 1 else batch)
             logits.append(ops.convert_to_numpy(batch_logits))
             features.append([ops.convert_to_numpy(f) for f in batch_features])
         targets = {"teacher_logits": np.concatenate(logits)}
         if self.hints:
             targets["teacher_features"] = [np.concatenate(parts) for parts in zip(*features)]
-        if y is not None:
-            targets["labels"] = np.asarray(y)
-        return x, targets
+        if labels is not None:
+            targets["labels"] = labels
+        return (arrays[0] if len(arrays) == 1 else arrays), targets
 
     # -- serialization ------------------------------------------------------
 
