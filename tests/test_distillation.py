@@ -412,8 +412,9 @@ def test_config_and_keras_file_round_trip(tmp_path):
         (keras.losses.MeanAbsoluteError(), keras.losses.mean_absolute_error),
         (keras.losses.cosine_similarity, keras.losses.cosine_similarity),
         ("mse", None),  # the default: kept as a plain pair
+        (feature_distillation_loss, feature_distillation_loss),  # ours, registered with Keras
     ],
-    ids=["mae", "MeanAbsoluteError", "cosine_similarity", "mse"],
+    ids=["mae", "MeanAbsoluteError", "cosine_similarity", "mse", "feature_distillation_loss"],
 )
 def test_feature_distillation_hint_loss_survives_config_and_keras_file(tmp_path, loss, fn):
     # Used to reload as MSE: the config kept only the layer names.
@@ -444,7 +445,7 @@ def test_feature_distillation_hint_loss_survives_config_and_keras_file(tmp_path,
     after = loaded.evaluate(x, y, verbose=0, return_dict=True)
     for key in ("loss", "hint_loss", "distillation_loss", "student_loss", "accuracy"):
         assert after[key] == pytest.approx(before[key], rel=1e-5)
-    if fn is not None:  # and it is not what MSE would give
+    if fn not in (None, feature_distillation_loss):  # and it is not what MSE would give
         mse = Distiller(student=distiller.student, teacher=distiller.teachers[0], hints=[("t_dense", "s_dense"), ("t_conv", "s_conv")])
         mse.adapters = distiller.adapters
         compiled(mse, alpha=0.3, temperature=2.0)
