@@ -249,6 +249,17 @@ def test_a_batch_without_labels_gives_a_zero_student_loss():
     assert result["loss"] == pytest.approx(0.5 * result["distillation_loss"], rel=1e-5)
 
 
+def test_a_student_loss_returning_a_scalar_is_refused_with_the_reason():
+    x, y = toy_data(16)
+    distiller = Distiller(student=student_model(), teacher=teacher_model())
+    distiller.compile(
+        optimizer="adam",
+        student_loss_fn=lambda t, p: keras.ops.mean(keras.losses.sparse_categorical_crossentropy(t, p, from_logits=True)),
+    )
+    with pytest.raises(ValueError, match="student_loss_fn must return one value per sample"):
+        distiller.fit(x, y, epochs=1, verbose=0)
+
+
 def test_one_hot_labels_mark_unlabelled_rows_with_minus_one():
     x, y = toy_data(30)
     one_hot = np.eye(3, dtype="float32")[y]

@@ -62,9 +62,9 @@ def _per_sample(fn, y_true, y_pred):
     values = ops.cast(values, "float32")
     if len(values.shape) == 0:
         raise ValueError(
-            "Distiller: with unlabelled samples (label -1), student_loss_fn must return one "
-            "value per sample (a keras.losses.Loss or a function such as "
-            "keras.losses.sparse_categorical_crossentropy), not a scalar."
+            "Distiller: student_loss_fn must return one value per sample, so that samples "
+            "labelled -1 (UNLABELLED) can be left out: a keras.losses.Loss or a function such "
+            "as keras.losses.sparse_categorical_crossentropy; got a function returning a scalar."
         )
     if len(values.shape) > 1:
         values = ops.mean(values, axis=tuple(range(1, len(values.shape))))
