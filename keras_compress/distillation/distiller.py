@@ -700,7 +700,7 @@ def mixed_dataset(x_labelled, y_labelled, x_unlabelled):
             "unlabelled samples. Pass those in x_unlabelled."
         )
     n_unlabelled = len(unlabelled[keys[0]] if isinstance(labelled, dict) else unlabelled[0])
-    missing = np.full((n_unlabelled, *y.shape[1:]), UNLABELLED, dtype=y.dtype if y.dtype.kind != "u" else "int64")
+    missing = np.full((n_unlabelled, *y.shape[1:]), UNLABELLED, dtype=y.dtype if y.dtype.kind in "if" else "int64")
     y_all = np.concatenate([y.astype(missing.dtype), missing])
     joined = {k: np.concatenate([labelled[k], unlabelled[k]]) for k in keys}
     if isinstance(labelled, dict):
