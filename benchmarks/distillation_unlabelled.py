@@ -11,7 +11,7 @@ trained from the same initial weights per seed:
       other 7,000 images without labels (`mixed_dataset`: label -1), teacher
       cached, alpha 0.5, T 4.
 
-Both get the same number of optimizer steps (a) runs 8x the epochs of (b)
+Both get the same number of optimizer steps: (a) runs 8x the epochs of (b)
 over 1/8 of the data. Reported: held-out accuracy on the 2,000 test images,
 mean and range (min-max) over seeds, and the difference (b) - (a) per seed.
 
@@ -20,15 +20,11 @@ Usage:
     python benchmarks/distillation_unlabelled.py [--seeds 3] [--epochs 10] [--quick]
 """
 
-import argparse
-import json
-import os
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from _common import parser, pin_threads, write_results
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, out="distillation_unlabelled.json")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--labels", type=int, default=1000, help="labelled training images (the rest: unlabelled)")
     p.add_argument("--epochs", type=int, default=10, help="distillation epochs over the 8,000 images")
@@ -36,10 +32,7 @@ def parse_args():
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument("--threads", type=int, default=1, help="TF intra-op threads (inter-op: 1)")
     p.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, 1 teacher epoch: checks that it runs")
-    p.add_argument("--data", default=None, help="MNIST IDX folder or mnist.npz (default: bundled)")
-    p.add_argument("--out", default=os.path.join(HERE, "results", "distillation_unlabelled.json"))
     args = p.parse_args()
     if args.quick:
         args.seeds, args.epochs, args.teacher_epochs = 1, 1, 1
@@ -47,9 +40,7 @@ def parse_args():
 
 
 ARGS = parse_args()
-os.environ["TF_NUM_INTRAOP_THREADS"] = str(ARGS.threads)
-os.environ["TF_NUM_INTEROP_THREADS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+pin_threads(ARGS.threads)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -131,10 +122,7 @@ def main():
     beats = 100 * (np.mean(b) - np.mean(a)) > max(spread_a, spread_b) and margin > 0
     print(f"(b) beats (a) by more than the seed spread (max {max(spread_a, spread_b):.2f} points): "
           f"{'yes' if beats else 'no'}")
-    os.makedirs(os.path.dirname(ARGS.out), exist_ok=True)
-    with open(ARGS.out, "w") as f:
-        json.dump({"args": vars(ARGS), "teacher": teacher_accuracy, "seeds": rows, "beats_spread": bool(beats)}, f, indent=1)
-    print(f"results: {ARGS.out}")
+    write_results(ARGS.out, {"teacher": teacher_accuracy, "seeds": rows, "beats_spread": bool(beats)}, ARGS)
 
 
 if __name__ == "__main__":
