@@ -5,6 +5,7 @@ models the same way; they are defined once, here:
 
 - `build_cnn()`: the MNIST CNN (2 conv + 2 dense, 56.7k parameters);
 - `build_student()`: the distillation student (Flatten, Dense(32), Dense(10));
+- `build_small_cnn()`: a CNN student about 1/10 of `build_cnn` (5.7k parameters);
 - `compile_classifier(model)`: Adam(1e-3), sparse cross-entropy on logits, accuracy;
 - `magnitude_schedule(steps)`: the demo's gradual pruning schedule to
   `FINAL_SPARSITY`.
@@ -49,6 +50,23 @@ def build_student():
             keras.layers.Dense(10),
         ],
         name="mnist_student",
+    )
+
+
+def build_small_cnn():
+    """A CNN student about 1/10 of `build_cnn`: 2 conv (8 filters) + Dense(24), 5.7k parameters."""
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1), name="image"),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(24, activation="relu"),
+            keras.layers.Dense(10),
+        ],
+        name="mnist_small_cnn",
     )
 
 

@@ -68,6 +68,19 @@ def test_quantization_benchmark_with_tfmot_peer(tmp_path):
 
 
 @pytest.mark.slow
+def test_distillation_unlabelled_benchmark_quick(tmp_path):
+    out = tmp_path / "distillation_unlabelled.json"
+    stdout = run_script("distillation_unlabelled.py", "--quick", "--out", out)
+    assert "(b) distilled, 1,000 labels + 7,000 unlabelled" in stdout
+    result = json.loads(out.read_text())
+    assert result["teacher"] > 0.8  # one epoch of the demo CNN on 8,000 images
+    (row,) = result["seeds"]
+    for key in ("labels_only", "distilled"):
+        assert 0.5 < row[key] <= 1  # a trained 10-class student, well above chance
+    assert row["epochs_labels_only"] == 8  # same number of steps: 125 over 16 per epoch
+
+
+@pytest.mark.slow
 def test_distillation_benchmark(tmp_path):
     out = tmp_path / "distillation.json"
     stdout = run_script(

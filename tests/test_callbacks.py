@@ -315,3 +315,57 @@ def test_l1_term_is_traced_only_while_l1_regularization_runs():
     plain = pruned.evaluate(x, y, verbose=0, return_dict=True)["loss"]
     history = pruned.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
     assert history.history["loss"][0] == pytest.approx(plain, rel=1e-5)
+
+
+# -- config round trips of every public callback -------------------------------
+
+
+def public_callback_classes():
+    """Every keras.callbacks.Callback class that keras_compress exports."""
+    import keras_compress as kc
+
+    found = {}
+    for module in (kc, kc.pruning, kc.quantization, kc.distillation):
+        for name in getattr(module, "__all__", dir(module)):
+            obj = getattr(module, name, None)
+            if isinstance(obj, type) and issubclass(obj, keras.callbacks.Callback):
+                found[obj.__name__] = obj
+    return found
+
+
+# Non-default arguments for each, so that a config that drops one shows.
+CALLBACK_ARGUMENTS = {
+    "UpdatePruningStep": {},
+    "ThresholdPruning": {"relative_threshold": 0.25, "epochs": [1, 3], "steps": None},
+    "L1Regularization": {"strength": 1e-3, "start_epoch": 1, "end_epoch": 4},
+    "PruningSummaries": {"log_dir": None},
+    "GroupLasso": {"strength": 0.5, "start_epoch": 2, "end_epoch": 5, "layers": ["conv_a"]},
+}
+
+
+def test_every_public_callback_has_round_trip_arguments():
+    # A new public callback must be added to CALLBACK_ARGUMENTS (and round-trip).
+    assert set(public_callback_classes()) == set(CALLBACK_ARGUMENTS)
+
+
+@pytest.mark.parametrize("name", sorted(CALLBACK_ARGUMENTS))
+def test_public_callback_config_round_trips(name):
+    cls = public_callback_classes()[name]
+    callback = cls(**CALLBACK_ARGUMENTS[name])
+    config = callback.get_config()
+    for key, expected in CALLBACK_ARGUMENTS[name].items():
+        assert config[key] == expected
+    clone = cls.from_config(config)
+    assert type(clone) is cls and clone.get_config() == config
+    # Through Keras's serialization, by registered name, as in a saved config.
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(callback))
+    assert type(restored) is cls and restored.get_config() == config
+
+
+def test_threshold_pruning_absolute_and_summaries_log_dir_round_trip(tmp_path):
+    pytest.importorskip("tensorboard")
+    for callback in (ThresholdPruning(threshold=0.05, steps=7), PruningSummaries(log_dir=tmp_path)):
+        config = callback.get_config()
+        assert type(callback).from_config(config).get_config() == config
+    assert ThresholdPruning(threshold=0.05, steps=7).get_config()["steps"] == [7]
+    assert PruningSummaries(log_dir=tmp_path).get_config()["log_dir"] == str(tmp_path)

@@ -14,6 +14,7 @@ from keras_compress import examples, peers
 def test_example_models_have_the_documented_sizes():
     assert examples.build_cnn().count_params() == 56_714
     assert examples.build_student().count_params() == 25_450
+    assert examples.build_small_cnn().count_params() == 5_738  # about 1/10 of build_cnn
 
 
 def test_magnitude_schedule_reaches_the_final_sparsity_at_sixty_percent_of_the_steps():

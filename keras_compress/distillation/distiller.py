@@ -1,16 +1,20 @@
 """`Distiller`: a `keras.Model` that trains a student on labels and a frozen teacher."""
 
+import copy
 import numbers
 
 import keras
 import numpy as np
 from keras import ops
+from tflite_bench.checks import check_int
 
 # Keras has no public name for it. Under a tf.distribute strategy, the trainer
 # expects compute_loss to return the loss divided by the replica count (Keras's
 # own losses do this inside) and divides it back for logging.
 from keras.src.losses.loss import scale_loss_for_distribution
+from keras.src.trainers.compile_utils import CompileMetrics
 
+from keras_compress import _data
 from keras_compress._models import check_finite_weights
 from keras_compress.distillation.losses import (
     feature_distillation_loss,
@@ -19,6 +23,12 @@ from keras_compress.distillation.losses import (
 )
 
 MODES = ("soft", "hard")
+
+#: The label that marks a sample without one (as `ignore_index` in other
+#: frameworks): for integer labels the value itself, for one-hot or soft
+#: labels a row of it. The hard (label) loss and the compiled metrics skip
+#: such samples; the teacher's soft loss uses every sample.
+UNLABELLED = -1
 
 
 def _is_kl(loss):
@@ -41,6 +51,38 @@ def _check_model(model, role):
 
 def _shape(tensor):
     return tuple(tensor.shape)
+
+
+def _per_sample(fn, y_true, y_pred):
+    """`fn(y_true, y_pred)` per sample, shape `(batch,)`, unreduced."""
+    if isinstance(fn, keras.losses.Loss):
+        values = fn.call(ops.cast(y_true, fn.dtype), ops.cast(y_pred, fn.dtype))
+    else:
+        values = fn(y_true, y_pred)
+    values = ops.cast(values, "float32")
+    if len(values.shape) == 0:
+        raise ValueError(
+            "Distiller: student_loss_fn must return one value per sample, so that samples "
+            "labelled -1 (UNLABELLED) can be left out: a keras.losses.Loss or a function such "
+            "as keras.losses.sparse_categorical_crossentropy; got a function returning a scalar."
+        )
+    if len(values.shape) > 1:
+        values = ops.mean(values, axis=tuple(range(1, len(values.shape))))
+    return values
+
+
+def _label_mask(labels):
+    """1.0 for samples that have a label, 0.0 for those marked `UNLABELLED`."""
+    present = ops.not_equal(labels, ops.cast(UNLABELLED, labels.dtype))
+    if len(present.shape) > 1:
+        present = ops.any(present, axis=tuple(range(1, len(present.shape))))
+    return ops.cast(present, "float32")
+
+
+def _fill_unlabelled(labels, mask):
+    """`labels` with the `UNLABELLED` entries set to 0: valid for any loss or metric."""
+    keep = ops.reshape(mask, (-1,) + (1,) * (len(labels.shape) - 1))
+    return labels * ops.cast(keep, labels.dtype)
 
 
 def _batch_mean(fn, y_true, y_pred):
@@ -93,6 +135,16 @@ class Distiller(keras.Model):
     `strategy.scope()`), every term is averaged over the global batch, as on
     one device.
 
+    Labels are optional, per batch or per sample: `fit(x)` (no `y`) trains
+    on the teacher alone, and a label of `UNLABELLED` (-1; a row of -1 for
+    one-hot labels) marks a sample without one (`mixed_dataset` builds such
+    data from labelled and unlabelled arrays). The student loss is then the
+    mean over the labelled samples of the batch (0 when there are none), the
+    distillation and hint losses use every sample, and the compiled metrics
+    are measured on the labelled samples only (and not reported at all when
+    no label was seen). This is distillation's strongest use: a few labels and
+    many unlabelled inputs.
+
     Several teachers can be given as a list; their logits are averaged.
     `cache_teacher` computes the teacher's outputs once over a dataset, so
     that each epoch costs only the student.
@@ -120,6 +172,13 @@ class Distiller(keras.Model):
     )
     distiller.fit(x_train, y_train, epochs=10)
     kc.to_tflite(distiller.student, "student.tflite")
+    ```
+
+    With 1,000 labels and 7,000 unlabelled images:
+
+    ```python
+    x, y = kc.distillation.mixed_dataset(x_train[:1000], y_train[:1000], x_train[1000:])
+    distiller.fit(*distiller.cache_teacher(x, y), epochs=10)
     ```
     """
 
@@ -259,10 +318,12 @@ class Distiller(keras.Model):
 
         Args:
             optimizer: the student's optimizer.
-            metrics: metrics of the student's predictions against the labels.
+            metrics: metrics of the student's predictions against the labels,
+                on the labelled samples only (see `UNLABELLED`).
             student_loss_fn: loss of the student on the labels, averaged
-                over the batch (a `keras.losses.Loss`'s `reduction` is not
-                used). Default `SparseCategoricalCrossentropy(from_logits=True)`.
+                over the labelled samples of the batch (a `keras.losses.Loss`'s
+                `reduction` is not used; a function must return one value per
+                sample). Default `SparseCategoricalCrossentropy(from_logits=True)`.
             distillation_loss_fn: `None`, `"kl_divergence"` or
                 `keras.losses.KLDivergence()` (all the stable KL on log-softmax);
                 a `keras.distillation.LogitsDistillation` (its temperature is
@@ -373,7 +434,12 @@ class Distiller(keras.Model):
         # for distribution once, at the end.
         student_loss = ops.zeros(())
         if labels is not None and self.alpha > 0:
-            student_loss = _batch_mean(self.student_loss_fn, labels, y_pred)
+            labels = ops.convert_to_tensor(labels)
+            mask = _label_mask(labels)
+            # Mean over the labelled samples of the batch (0 if there are none):
+            # the teacher's soft loss below covers every sample.
+            per_sample = _per_sample(self.student_loss_fn, _fill_unlabelled(labels, mask), y_pred)
+            student_loss = ops.sum(per_sample * mask) / ops.maximum(ops.sum(mask), 1.0)
         distillation_loss = self._distillation_loss(teacher_logits, y_pred)
         total = self.alpha * student_loss + (1 - self.alpha) * distillation_loss
         self.student_loss_tracker.update_state(student_loss)
@@ -410,10 +476,45 @@ class Distiller(keras.Model):
         return _batch_mean(fn, soft_teacher, soft_student) * temperature**2
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Updates the compiled metrics on the labelled samples only.
+
+        Samples labelled `UNLABELLED` get weight 0; without labels at all
+        (`fit(x)`, or `cache_teacher(x)` without `y`) the compiled metrics
+        are left unbuilt and only the losses are reported.
+        """
         labels, _ = _split_targets(y)
-        if labels is None:  # teacher-only targets: the loss trackers are all there is
-            return {m.name: m.result() for m in self.metrics}
-        return super().compute_metrics(x, labels, y_pred, sample_weight=sample_weight)
+        compiled = getattr(self, "_compile_metrics", None)
+        if labels is not None and compiled is not None:
+            labels = ops.convert_to_tensor(labels)
+            mask = _label_mask(labels)
+            labels = _fill_unlabelled(labels, mask)
+            weight = mask
+            if sample_weight is not None:
+                weight = mask * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+            if not compiled.built:
+                compiled.build(labels, y_pred)
+            # What CompileMetrics.update_state does for one output, except that
+            # `metrics` (unweighted) still skip the unlabelled samples.
+            for metric in compiled._flat_metrics:
+                if metric:
+                    metric.update_state(labels, y_pred, sample_weight=mask)
+            for metric in compiled._flat_weighted_metrics:
+                if metric:
+                    metric.update_state(labels, y_pred, sample_weight=weight)
+        return self.get_metrics_result()
+
+    def get_metrics_result(self):
+        """The metrics' values; compiled metrics that never saw a label are left out."""
+        results = {}
+        for metric in self.metrics:
+            if isinstance(metric, CompileMetrics) and not metric.built:
+                continue
+            result = metric.result()
+            if isinstance(result, dict):
+                results.update(result)
+            else:
+                results[metric.name] = result
+        return results
 
     # -- teacher caching ----------------------------------------------------
 
@@ -423,28 +524,57 @@ class Distiller(keras.Model):
         `distiller.fit(*distiller.cache_teacher(x_train, y_train), epochs=10)`
         then trains on the stored teacher outputs: each epoch costs only the
         student. Augmentation that changes `x` between epochs cannot be cached.
+        Labels may be missing (`y=None`) or -1 for some samples (see
+        `UNLABELLED` and `mixed_dataset`).
 
         Args:
-            x: a numpy array of inputs.
-            y: their labels, or `None` (distillation only: set `alpha=0`).
-            batch_size: batch size of the teacher's pass.
+            x: the inputs, in any form of the shared data adapter
+                (`keras_compress._data.INPUT_FORMS`): a numpy array; a list or
+                dict of arrays by input name for several inputs; an `(x, y)`
+                tuple; a finite `tf.data.Dataset`, iterable or generator of
+                batches (or `(x, y)` batches). Everything is read into memory.
+            y: labels, or `None`: none, or those that `x` yields.
+            batch_size: int >= 1, batch size of the teacher's pass.
+
+        Returns:
+            `(x, targets)`: `x` as numpy (one array, or a list with one array
+            per input in the model's order) and a dict of numpy arrays that
+            `fit` passes to the loss: the teacher's logits (and hint features),
+            and the labels if there were any.
+
+        Raises:
+            TypeError: `x` has none of the accepted forms, or `batch_size`
+                is not an int.
+            ValueError: `x` is empty or does not fit the model's inputs; `y`
+                has another number of samples, or is given twice.
         """
-        x = np.asarray(x)
-        if x.ndim == 0 or len(x) == 0:
-            raise ValueError("Distiller.cache_teacher: x must be a non-empty array of inputs.")
-        if y is not None and len(y) != len(x):
-            raise ValueError(f"Distiller.cache_teacher: x has {len(x)} samples and y {len(y)}.")
+        api = "Distiller.cache_teacher"
+        check_int(api, "batch_size", batch_size, minimum=1)
+        inputs = _data.input_specs(self.teachers[0])
+        arrays, labels = _data.read_inputs(
+            x, inputs, api=api, argument="x", model_name=self.teachers[0].name, labels=True
+        )
+        n = len(arrays[0])
+        if y is not None:
+            if labels is not None:
+                raise ValueError(f"{api}: x already yields labels; pass y=None, or x without labels.")
+            if isinstance(y, (str, bytes)) or not hasattr(y, "__len__"):
+                raise TypeError(f"{api}: y must be an array of labels or None, got {type(y).__name__}.")
+            labels = np.asarray(y)
+        if labels is not None and len(labels) != n:
+            raise ValueError(f"{api}: x has {n} samples and y {len(labels)}; they must match.")
         logits, features = [], []
-        for start in range(0, len(x), batch_size):
-            batch_logits, batch_features = self.teacher_outputs(x[start : start + batch_size])
+        for start in range(0, n, batch_size):
+            batch = [a[start : start + batch_size] for a in arrays]
+            batch_logits, batch_features = self.teacher_outputs(batch[0] if len(batch) == 1 else batch)
             logits.append(ops.convert_to_numpy(batch_logits))
             features.append([ops.convert_to_numpy(f) for f in batch_features])
         targets = {"teacher_logits": np.concatenate(logits)}
         if self.hints:
             targets["teacher_features"] = [np.concatenate(parts) for parts in zip(*features)]
-        if y is not None:
-            targets["labels"] = np.asarray(y)
-        return x, targets
+        if labels is not None:
+            targets["labels"] = labels
+        return (arrays[0] if len(arrays) == 1 else arrays), targets
 
     # -- serialization ------------------------------------------------------
 
@@ -453,7 +583,7 @@ class Distiller(keras.Model):
             "name": self.name,
             "student": keras.saving.serialize_keras_object(self.student),
             "teacher": [keras.saving.serialize_keras_object(t) for t in self.teachers],
-            "hints": [[t, s] for t, s, _ in self.hints],
+            "hints": [_hint_config(t, s, loss) for t, s, loss in self.hints],
         }
         return config
 
@@ -486,14 +616,157 @@ class Distiller(keras.Model):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
+        config = copy.deepcopy(config)  # Keras's deserialization edits nested configs in place
         student = keras.saving.deserialize_keras_object(config.pop("student"), custom_objects=custom_objects)
         teachers = [
             keras.saving.deserialize_keras_object(t, custom_objects=custom_objects)
             for t in config.pop("teacher")
         ]
-        hints = [tuple(pair) for pair in config.pop("hints", [])] or None
+        hints = [_hint_from_config(h) for h in config.pop("hints", [])] or None
         return cls(student=student, teacher=teachers if len(teachers) > 1 else teachers[0], hints=hints, **config)
+
+
+def mixed_dataset(x_labelled, y_labelled, x_unlabelled):
+    """Labelled and unlabelled samples as one `(x, y)` pair for `Distiller.fit`.
+
+    The unlabelled samples get the label `UNLABELLED` (-1; a row of -1 for
+    one-hot labels). The Distiller's hard (label) loss and its compiled
+    metrics then use the labelled samples only, and the teacher's soft loss
+    every sample. `fit` shuffles, so each batch mixes both kinds:
+
+    ```python
+    x, y = kc.distillation.mixed_dataset(x_train[:1000], y_train[:1000], x_train[1000:])
+    distiller.compile(optimizer="adam", metrics=["accuracy"], alpha=0.5, temperature=4)
+    distiller.fit(*distiller.cache_teacher(x, y), epochs=20, batch_size=64)
+    ```
+
+    The same labels work in a `tf.data.Dataset` of `(x, y)` batches: mark a
+    sample without a label with -1 yourself. Data with no labels at all is
+    simply `distiller.fit(x)`.
+
+    Args:
+        x_labelled: inputs that have labels: a numpy array, or a list or
+            dict of arrays (one per model input).
+        y_labelled: their labels, integer class ids `(n,)` / `(n, 1)` or
+            one-hot / soft rows `(n, classes)`; -1 is reserved.
+        x_unlabelled: inputs without labels, in the same form and with the
+            same per-sample shapes as `x_labelled`.
+
+    Returns:
+        `(x, y)`: the labelled samples first, then the unlabelled ones; `x`
+        in the form of `x_labelled`, `y` a numpy array.
+
+    Raises:
+        TypeError: an argument is not an array (or a list / dict of them).
+        ValueError: empty inputs, mismatched sample counts or shapes, or
+            labels that already contain -1.
+    """
+    api = "mixed_dataset"
+    labelled = _input_arrays(api, "x_labelled", x_labelled)
+    unlabelled = _input_arrays(api, "x_unlabelled", x_unlabelled)
+    if isinstance(labelled, dict) != isinstance(unlabelled, dict) or len(labelled) != len(unlabelled):
+        raise ValueError(
+            f"{api}: x_unlabelled must have the form of x_labelled (one array, or the same "
+            f"list / dict of arrays per model input), got {_form(x_unlabelled)} and {_form(x_labelled)}."
+        )
+    if isinstance(labelled, dict) and set(labelled) != set(unlabelled):
+        raise ValueError(
+            f"{api}: x_unlabelled must have the keys of x_labelled {sorted(labelled)}, "
+            f"got {sorted(unlabelled)}."
+        )
+    keys = list(labelled) if isinstance(labelled, dict) else range(len(labelled))
+    n_labelled = _sample_count(api, "x_labelled", [labelled[k] for k in keys])
+    _sample_count(api, "x_unlabelled", [unlabelled[k] for k in keys])
+    for k in keys:
+        if labelled[k].shape[1:] != unlabelled[k].shape[1:]:
+            where = "" if not isinstance(labelled, dict) and len(keys) == 1 else f" (input {k!r})"
+            raise ValueError(
+                f"{api}: x_unlabelled samples must have the shape of x_labelled samples{where}, "
+                f"{labelled[k].shape[1:]}, got {unlabelled[k].shape[1:]}."
+            )
+    if isinstance(y_labelled, (str, bytes)) or not hasattr(y_labelled, "__len__"):
+        raise TypeError(f"{api}: y_labelled must be an array of labels, got {type(y_labelled).__name__}.")
+    y = np.asarray(y_labelled)
+    if y.dtype.kind not in "biuf" or y.ndim not in (1, 2):
+        raise ValueError(
+            f"{api}: y_labelled must hold numbers, class ids (n,) or (n, 1) or one-hot rows "
+            f"(n, classes), got dtype {y.dtype} and shape {y.shape}."
+        )
+    if len(y) != n_labelled:
+        raise ValueError(f"{api}: x_labelled has {n_labelled} samples and y_labelled {len(y)}; they must match.")
+    if np.any(np.all(y.reshape(len(y), -1) == UNLABELLED, axis=1)):
+        raise ValueError(
+            f"{api}: y_labelled must not contain the label {UNLABELLED}: it marks the "
+            "unlabelled samples. Pass those in x_unlabelled."
+        )
+    n_unlabelled = len(unlabelled[keys[0]] if isinstance(labelled, dict) else unlabelled[0])
+    missing = np.full((n_unlabelled, *y.shape[1:]), UNLABELLED, dtype=y.dtype if y.dtype.kind in "if" else "int64")
+    y_all = np.concatenate([y.astype(missing.dtype), missing])
+    joined = {k: np.concatenate([labelled[k], unlabelled[k]]) for k in keys}
+    if isinstance(labelled, dict):
+        return joined, y_all
+    if isinstance(x_labelled, (list, tuple)):
+        return [joined[k] for k in keys], y_all
+    return joined[0], y_all
+
+
+def _input_arrays(api, name, x):
+    """`x` as a dict or list of numpy arrays (a lone array: a list of one)."""
+    if isinstance(x, dict):
+        values = dict(x)
+    elif isinstance(x, (list, tuple)) and x and all(hasattr(v, "__array__") for v in x):
+        values = list(x)
+    elif hasattr(x, "__array__") and not isinstance(x, (str, bytes)):
+        return [np.asarray(x)]
+    else:
+        raise TypeError(
+            f"{api}: {name} must be a numpy array, or a list or dict of arrays (one per model "
+            f"input), got {_form(x)}."
+        )
+    items = values.items() if isinstance(values, dict) else enumerate(values)
+    for k, v in items:
+        if not hasattr(v, "__array__"):
+            raise TypeError(f"{api}: {name}[{k!r}] must be a numpy array, got {type(v).__name__}.")
+        values[k] = np.asarray(v)
+    return values
+
+
+def _sample_count(api, name, arrays):
+    counts = {len(a) if a.ndim else 0 for a in arrays}
+    if len(counts) > 1:
+        raise ValueError(f"{api}: the arrays of {name} must have the same number of samples, got {sorted(counts)}.")
+    if counts == {0}:
+        raise ValueError(f"{api}: {name} must hold at least one sample, got none.")
+    return counts.pop()
+
+
+def _form(x):
+    if hasattr(x, "shape"):
+        return f"an array of shape {tuple(x.shape)}"
+    if isinstance(x, (list, tuple, dict)):
+        return f"a {type(x).__name__} of {len(x)} items"
+    return type(x).__name__
+
+
+def _hint_config(teacher_layer, student_layer, loss):
+    """A hint in a config: the pair of names, with its loss unless it is the default MSE."""
+    if loss is None:
+        return [teacher_layer, student_layer]
+    return {
+        "teacher_layer_name": teacher_layer,
+        "student_layer_name": student_layer,
+        "loss": keras.losses.serialize(loss),
+    }
+
+
+def _hint_from_config(config):
+    if isinstance(config, dict):
+        return keras.distillation.FeatureDistillation(
+            loss=keras.losses.deserialize(config["loss"]),
+            teacher_layer_name=config["teacher_layer_name"],
+            student_layer_name=config["student_layer_name"],
+        )
+    return tuple(config)
 
 
 def _inputs(model):

@@ -1,8 +1,15 @@
-"""Distillation losses, each a pure function of teacher and student outputs."""
+"""Distillation losses, each a pure function of teacher and student outputs.
 
+Registered with Keras, so that a config holding one (a `FeatureDistillation`
+hint with `loss=feature_distillation_loss`, say) reloads."""
+
+import keras
 from keras import ops
 
+_register = keras.saving.register_keras_serializable(package="keras_compress")
 
+
+@_register
 def response_distillation_loss(teacher_logits, student_logits, temperature):
     """KL(teacher || student) of the temperature-softened distributions, times T^2.
 
@@ -27,6 +34,7 @@ def response_distillation_loss(teacher_logits, student_logits, temperature):
     return ops.mean(kl) * temperature**2
 
 
+@_register
 def hard_label_distillation_loss(teacher_logits, student_logits):
     """Cross-entropy of the student against the teacher's argmax labels."""
     labels = ops.argmax(teacher_logits, axis=-1)
@@ -34,6 +42,7 @@ def hard_label_distillation_loss(teacher_logits, student_logits):
     return -ops.mean(ops.take_along_axis(log_p, ops.expand_dims(labels, -1), axis=-1))
 
 
+@_register
 def feature_distillation_loss(teacher_features, student_features):
     """Mean squared error between two feature maps of the same shape (FitNets hints)."""
     difference = ops.cast(teacher_features, "float32") - ops.cast(student_features, "float32")

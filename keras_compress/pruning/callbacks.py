@@ -137,6 +137,7 @@ class _StepTracking(keras.callbacks.Callback):
                 w.pruning_step.assign(expected)
 
 
+@keras.saving.register_keras_serializable(package="keras_compress")
 class UpdatePruningStep(_StepTracking):
     """Advances the pruning step and applies each wrapper's schedule in `fit`.
 
@@ -163,6 +164,13 @@ class UpdatePruningStep(_StepTracking):
     def __init__(self):
         super().__init__()
         self._warned = False
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -289,6 +297,7 @@ class UpdatePruningStep(_StepTracking):
                 )
 
 
+@keras.saving.register_keras_serializable(package="keras_compress")
 class ThresholdPruning(_StepTracking):
     """Prunes small weights at chosen epochs or steps, then holds the masks.
 
@@ -348,6 +357,18 @@ class ThresholdPruning(_StepTracking):
         self.epochs = _check_epochs_or_steps("epochs", epochs)
         self.steps = _check_epochs_or_steps("steps", steps)
 
+    def get_config(self):
+        return {
+            "threshold": self.threshold,
+            "relative_threshold": self.relative_threshold,
+            "epochs": self.epochs,
+            "steps": self.steps,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
     def masks_for(self, weights):
         """The thresholded mask of one weight tensor."""
         if self.threshold is not None:
@@ -379,6 +400,7 @@ class ThresholdPruning(_StepTracking):
             self.prune()
 
 
+@keras.saving.register_keras_serializable(package="keras_compress")
 class L1Regularization(keras.callbacks.Callback):
     """Schedules the L1 strength of the PruneWrappers during `fit`.
 
@@ -412,6 +434,13 @@ class L1Regularization(keras.callbacks.Callback):
         self.strength = strength
         self.start_epoch = start_epoch
         self.end_epoch = end_epoch
+
+    def get_config(self):
+        return {"strength": self.strength, "start_epoch": self.start_epoch, "end_epoch": self.end_epoch}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
     def strength_at(self, epoch):
         """`lambda` during `epoch`."""
@@ -453,6 +482,7 @@ class L1Regularization(keras.callbacks.Callback):
         self._trace_l1(False)
 
 
+@keras.saving.register_keras_serializable(package="keras_compress")
 class PruningSummaries(keras.callbacks.Callback):
     """Records the sparsity of each pruned layer at the end of every epoch.
 
@@ -485,6 +515,13 @@ class PruningSummaries(keras.callbacks.Callback):
                 ) from None
         self.log_dir = log_dir
         self._writer = None
+
+    def get_config(self):
+        return {"log_dir": None if self.log_dir is None else str(self.log_dir)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
     def on_train_begin(self, logs=None):
         self._wrappers = prune_wrappers(self.model, "PruningSummaries")
