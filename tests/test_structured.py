@@ -14,6 +14,7 @@ from keras_compress.pruning import (
     iterative_shrink,
     shrink,
 )
+import keras_compress as kc
 from keras_compress.pruning import structured as S
 from keras_compress.pruning.structured.importance import measure
 from keras_compress.pruning.structured.graph import Analysis
@@ -706,3 +707,31 @@ def test_structured_benchmark_quick():
     stdout = run_script("structured_benchmark.py", "--quick")
     assert "latency ratio" in stdout
     assert "params ratio" in stdout
+
+
+def test_data_criteria_read_every_form_of_the_shared_data_adapter():
+    """The same samples as arrays, (x, y), a tf.data.Dataset, a generator or a
+    dict by input name give the same taylor / apoz choice."""
+    import tensorflow as tf
+
+    model = keras.Sequential([keras.Input((6,), name="features"), L.Dense(8, activation="relu", name="hidden"),
+                              L.Dense(3, name="out")])
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).normal(size=(32, 6)).astype("float32")
+    y = np.arange(32) % 3
+    forms = {
+        "tuple": (x, y),
+        "dataset": tf.data.Dataset.from_tensor_slices((x, y)).batch(8),
+        "generator": ((x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8)),
+        "dict": ({"features": x}, y),
+    }
+    widths = {}
+    for name, data in forms.items():
+        small = kc.pruning.shrink(model, 0.5, "taylor", data=data, batch_size=8)
+        widths[name] = [w.tolist() for w in small.get_layer("out").get_weights()]
+    assert all(w == widths["tuple"] for w in widths.values())
+    apoz = [kc.pruning.shrink(model, 0.5, "apoz", data=d).get_layer("hidden").get_weights()[0].tolist()
+            for d in (x, {"features": x})]
+    assert apoz[0] == apoz[1]
+    with pytest.raises(ValueError, match="shrink: data"):
+        kc.pruning.shrink(model, 0.5, "apoz", data=np.zeros((4, 5), "float32"))

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_compress import _models
+from keras_compress import _data, _models
 from keras_compress.pruning.structured.graph import LAYER_API, Analysis
 from keras_compress.pruning.structured.importance import CRITERIA, DATA_CRITERIA, measure, unit_scores
 from keras_compress.pruning.structured.layers import layer_kind, spread
@@ -74,10 +74,11 @@ def shrink(
               (`apoz`);
             - a function `layer -> scores`, one per unit of the layer.
             Tied units are scored by the sum of their scores.
-        data: samples for `"taylor"` and `"apoz"`: an array `x`, a tuple
-            `(x, y)` of arrays, a `tf.data.Dataset` or an iterable of `x` or
-            `(x, y)` batches (for a model with several inputs, a Dataset or
-            an iterable of batches).
+        data: samples for `"taylor"` and `"apoz"`, in any form
+            `to_tflite(representative_data=)` and `Distiller.cache_teacher`
+            take: an array `x`, a list or dict (by input name) of arrays for
+            several inputs, a tuple `(x, y)`, a `tf.data.Dataset` or an
+            iterable of `x` or `(x, y)` batches.
         loss: the loss for `"taylor"`: a Keras loss or its name. Default:
             the loss `model` was compiled with.
         batch_size: batch size when `data` is given as arrays.
@@ -299,27 +300,21 @@ def _targets(analysis, amount, api):
     return [(g, value) for g in prunable]
 
 
-def _batches(data, batch_size, max_batches):
-    """`(x, y)` batches (`y` may be None) from arrays, a tuple, a Dataset or
-    an iterable of batches."""
-    if isinstance(data, tuple) and len(data) in (2, 3) and all(hasattr(d, "shape") for d in data[:2]):
-        x, y = data[0], data[1]
-    elif hasattr(data, "shape"):
-        x, y = data, None
-    else:
-        x = None
-    if x is not None:
-        starts = range(0, len(x), batch_size)
-        items = ((x[i : i + batch_size], None if y is None else y[i : i + batch_size]) for i in starts)
-    else:
-        items = (
-            (item[0], item[1]) if isinstance(item, (tuple, list)) and len(item) >= 2 else (item, None)
-            for item in data
-        )
-    for count, item in enumerate(items):
-        if max_batches is not None and count >= max_batches:
-            return
-        yield item
+def _batches(model, data, api, batch_size, max_batches):
+    """`(x, y)` batches (`y` may be None) of at most `batch_size` samples from
+    any form the package's data adapter reads (`keras_compress._data`): an
+    array, a list or dict of arrays for several inputs, `(x, y)`, a
+    `tf.data.Dataset` or an iterable of those. `x` is an array, or a list of
+    arrays in the model's input order."""
+    specs = _data.input_specs(model)
+    count = 0
+    for arrays, y in _data.iter_batches(data, specs, api=api, argument="data", model_name=model.name, labels=True):
+        for start in range(0, len(arrays[0]), batch_size):
+            if max_batches is not None and count >= max_batches:
+                return
+            x = [a[start : start + batch_size] for a in arrays]
+            yield (x[0] if len(x) == 1 else x), (None if y is None else y[start : start + batch_size])
+            count += 1
 
 
 def _labelled(batches, api):
@@ -334,7 +329,7 @@ def _remove(model, analysis, counts, criterion, options):
     counts = [(g, n) for g, n in counts if n > 0]
     measured = None
     if criterion in DATA_CRITERIA and counts:
-        batches = _batches(options["data"], options["batch_size"], options["max_batches"])
+        batches = _batches(model, options["data"], options["api"], options["batch_size"], options["max_batches"])
         if criterion == "taylor":
             batches = _labelled(batches, options["api"])
         producers = [p for g, _ in counts for p in g.producers]
