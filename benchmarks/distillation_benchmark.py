@@ -21,31 +21,23 @@ Usage:
     python benchmarks/distillation_benchmark.py [--seeds 3] [--epochs 10] [--pairs 5]
 """
 
-import argparse
-import json
-import os
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from _common import parser, pin_threads, write_results
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, out="distillation.json")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=10, help="student epochs")
     p.add_argument("--teacher-epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--pairs", type=int, default=5, help="interleaved epochs for the caching speedup")
-    p.add_argument("--threads", type=int, default=1, help="TF intra-op threads (inter-op: 1)")
-    p.add_argument("--data", default=None, help="MNIST IDX folder or mnist.npz (default: bundled)")
-    p.add_argument("--out", default=os.path.join(HERE, "results", "distillation.json"))
     return p.parse_args()
 
 
 ARGS = parse_args()
-os.environ["TF_NUM_INTRAOP_THREADS"] = str(ARGS.threads)
-os.environ["TF_NUM_INTEROP_THREADS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+pin_threads(ARGS.threads)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -218,10 +210,7 @@ def main():
         mean, std = mean_std(100 * rows[name] for rows in per_seed)
         print(f"  {name:<45}{mean:>7.2f} +- {std:.2f}")
     print(f"teacher caching: one pass {speed['cache_seconds']:.1f} s; epoch time live / cached: {describe(speed)}")
-    os.makedirs(os.path.dirname(ARGS.out), exist_ok=True)
-    with open(ARGS.out, "w") as f:
-        json.dump({"args": vars(ARGS), "teachers": teachers, "seeds": per_seed, "caching": speed}, f, indent=1)
-    print(f"results: {ARGS.out}")
+    write_results(ARGS.out, {"teachers": teachers, "seeds": per_seed, "caching": speed}, ARGS)
 
 
 if __name__ == "__main__":
