@@ -3,6 +3,10 @@
 Pruning, stripping, structured pruning and quantization all rewrite a model
 layer by layer. They do it here, by cloning, so the model the user passed in is
 never modified.
+
+It also holds the hooks through which the techniques meet without importing
+one another (`register_unwrap`, `unwrap_layer`, `is_removable_wrapper`: how a
+technique's training wrapper is taken off by another technique).
 """
 
 import keras
