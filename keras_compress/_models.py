@@ -3,6 +3,10 @@
 Pruning, stripping, structured pruning and quantization all rewrite a model
 layer by layer. They do it here, by cloning, so the model the user passed in is
 never modified.
+
+It also holds the hooks through which the techniques meet without importing
+one another (`register_unwrap`, `unwrap_layer`, `is_removable_wrapper`: how a
+technique's training wrapper is taken off by another technique).
 """
 
 import keras
@@ -261,3 +265,42 @@ def masked_attention(model):
     if isinstance(model, (keras.Sequential, Functional)):
         visit(model)
     return found
+
+
+# Cross-technique hooks. A technique never imports another: pruning,
+# quantization and distillation meet here. A technique whose training wrapper
+# another technique must see through registers how to take it off.
+_UNWRAPPERS = {}
+
+
+def register_unwrap(wrapper_type, unwrap):
+    """Declares how to take a training wrapper of `wrapper_type` off.
+
+    Args:
+        wrapper_type: a wrapper class (subclasses are covered too).
+        unwrap: `unwrap(wrapper)` returns a new plain layer that computes
+            what the wrapper computes in inference, built and with its
+            weights set (pruning registers `strip_pruning`, which bakes the
+            masks into the weights, so the pruned zeros are in the layer).
+    """
+    _UNWRAPPERS[wrapper_type] = unwrap
+
+
+def _unwrapper(layer):
+    for cls in type(layer).__mro__:
+        if cls in _UNWRAPPERS:
+            return _UNWRAPPERS[cls]
+    return None
+
+
+def is_removable_wrapper(layer):
+    """Whether `layer` is a training wrapper of some technique that
+    `unwrap_layer` takes off (a pruning wrapper)."""
+    return _unwrapper(layer) is not None
+
+
+def unwrap_layer(layer):
+    """The plain layer a registered training wrapper stands for (see
+    `register_unwrap`), or `layer` itself when it is no such wrapper."""
+    unwrap = _unwrapper(layer)
+    return layer if unwrap is None else unwrap(layer)

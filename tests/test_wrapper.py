@@ -235,3 +235,93 @@ def test_custom_layer_with_get_prunable_weights():
     wrapper(x)
     wrapper.set_masks([np.array([1, 0, 1, 0], "float32")])
     np.testing.assert_array_equal(np.array(wrapper(x)), [[1, 0, 1, 0]])
+
+
+# The base every wrapper shares (keras_compress/_wrappers.py) and the hook
+# through which other techniques take a pruning wrapper off.
+
+
+def _wrappers():
+    from keras_compress.quantization import (
+        QuantizeLayerNormalization,
+        QuantizeWrapper,
+        SparsityPreservingWrapper,
+    )
+
+    return {
+        "prune": (lambda: PruneWrapper(L.Dense(4), PolynomialDecay(0.1, 0.5, 0, 10)), "prune_low_magnitude_"),
+        "quantize": (lambda: QuantizeWrapper(L.Dense(4), batch_norm=L.BatchNormalization()), "quant_"),
+        "layer_norm": (lambda: QuantizeLayerNormalization(L.LayerNormalization()), "quant_"),
+        "sparse": (lambda: SparsityPreservingWrapper(L.Dense(4)), "sparse_"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["prune", "quantize", "layer_norm", "sparse"])
+def test_every_wrapper_shares_naming_config_and_shape_forwarding(kind):
+    make, prefix = _wrappers()[kind]
+    wrapper = make()
+    assert wrapper.name == prefix + wrapper.layer.name
+    x = keras.Input((6,))
+    y = wrapper(x)
+    assert tuple(y.shape) == tuple(wrapper.layer.compute_output_shape((None, 6)))
+    assert wrapper.compute_output_shape((None, 6)) == wrapper.layer.compute_output_shape((None, 6))
+    config = wrapper.get_config()
+    frozen = repr(config)
+    again = type(wrapper).from_config(config)
+    assert repr(config) == frozen  # from_config leaves the config as it was
+    assert type(again.layer) is type(wrapper.layer)
+    for key in type(wrapper).nested_config:
+        assert type(getattr(again, key)) is type(getattr(wrapper, key))
+        assert getattr(again, key).get_config() == getattr(wrapper, key).get_config()
+
+
+@pytest.mark.parametrize("kind", ["prune", "quantize", "layer_norm", "sparse"])
+def test_every_wrapper_refuses_a_non_layer_with_a_type_error(kind):
+    cls = type(_wrappers()[kind][0]())
+    with pytest.raises(TypeError, match=f"{cls.__name__} expects a keras layer.*, got str"):
+        cls("dense")
+
+
+def test_quantize_wrapper_forwards_the_embedding_mask():
+    from keras_compress.quantization import QuantizeWrapper
+
+    wrapper = QuantizeWrapper(L.Embedding(10, 3, mask_zero=True))
+    ids = np.array([[1, 0, 2, 0]])
+    mask = wrapper.compute_mask(ids)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(mask), [[True, False, True, False]])
+    spec = wrapper.compute_output_spec(keras.KerasTensor((None, 4), "int32"))
+    assert tuple(spec.shape) == (None, 4, 3)
+
+
+def test_a_multi_argument_inner_layer_is_built_from_every_argument():
+    from keras_compress.quantization import SparsityPreservingWrapper
+
+    wrapper = SparsityPreservingWrapper(L.MultiHeadAttention(num_heads=2, key_dim=4))
+    query = np.random.default_rng(0).normal(size=(2, 3, 8)).astype("float32")
+    value = np.random.default_rng(1).normal(size=(2, 5, 6)).astype("float32")
+    out = wrapper(query, value)
+    assert wrapper.layer.built
+    assert tuple(out.shape) == (2, 3, 8)
+    np.testing.assert_allclose(value_of(out), value_of(wrapper.layer(query, value)), rtol=1e-6)
+
+
+def value_of(tensor):
+    return keras.ops.convert_to_numpy(tensor)
+
+
+def test_the_unwrap_hook_takes_a_pruning_wrapper_off_with_its_zeros():
+    from keras_compress import _models
+
+    dense = L.Dense(3)
+    wrapper = PruneWrapper(dense)
+    wrapper.build((None, 4))
+    mask = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 1]], "float32")
+    wrapper.set_masks([mask])
+    assert _models.is_removable_wrapper(wrapper)
+    assert not _models.is_removable_wrapper(dense)
+    assert _models.unwrap_layer(dense) is dense
+    plain = _models.unwrap_layer(wrapper)
+    assert type(plain) is L.Dense and plain is not dense
+    np.testing.assert_array_equal(value_of(plain.kernel) == 0, mask == 0)
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    np.testing.assert_allclose(value_of(plain(x)), value_of(wrapper(x)), rtol=1e-6)

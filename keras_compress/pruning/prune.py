@@ -242,6 +242,11 @@ def strip_pruning(model):
     return _models.clone_model(model, transform)
 
 
+# Other techniques (quantize_model) take a pruning wrapper off through this
+# hook, without importing pruning.
+_models.register_unwrap(PruneWrapper, strip_pruning)
+
+
 def _masked_weights(wrapper):
     masks = {id(w): m for w, m in zip(wrapper.pruned_weights, wrapper.masks)}
     return [

@@ -4,6 +4,7 @@ import keras
 from keras import layers as L
 from keras import ops
 
+from keras_compress._wrappers import Wrapper
 from keras_compress.pruning import schedules as schedules_lib
 
 # Which weights of which layer types are pruned. Bias is added on request.
@@ -139,7 +140,7 @@ class _MaskConstraint(keras.constraints.Constraint):
 
 
 @keras.saving.register_keras_serializable(package="keras_compress")
-class PruneWrapper(L.Wrapper):
+class PruneWrapper(Wrapper):
     """Prunes the weights of a layer with 0/1 masks held as non-trainable variables.
 
     The forward pass uses `weight * mask`, and the mask is re-applied to the
@@ -178,6 +179,9 @@ class PruneWrapper(L.Wrapper):
     ```
     """
 
+    name_prefix = "prune_low_magnitude_"
+    nested_config = ("pruning_schedule",)
+
     def __init__(
         self,
         layer,
@@ -186,16 +190,11 @@ class PruneWrapper(L.Wrapper):
         prune_bias=False,
         **kwargs,
     ):
-        if not isinstance(layer, L.Layer):
-            raise TypeError(
-                f"PruneWrapper expects a keras layer, got {type(layer).__name__}: "
-                f"{layer!r}."
-            )
+        self.expect_layer(layer)
         reason = why_not_prunable(layer)
         if reason:
             raise ValueError(f"PruneWrapper cannot wrap layer {describe(layer)}: {reason}.")
         check_options(f"layer '{layer.name}'", pruning_schedule, global_pruning, prune_bias)
-        kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
         super().__init__(layer, **kwargs)
         # tfmot's form `Sequential([prune_low_magnitude(Dense(20, input_shape=(784,))), ...])`:
         # the shape given to the wrapped layer is the Sequential's input.
@@ -204,20 +203,10 @@ class PruneWrapper(L.Wrapper):
         self.pruning_schedule = pruning_schedule
         self.global_pruning = global_pruning
         self.prune_bias = prune_bias
-        self.supports_masking = layer.supports_masking
         # Whether the L1 term is traced into training steps. Only
         # L1Regularization turns it on (and retraces), so plain magnitude
         # pruning pays nothing for it.
         self.l1_active = False
-
-    def __call__(self, *args, **kwargs):
-        if not self.layer.built:
-            # Layers with several call arguments (MultiHeadAttention's query
-            # and value) cannot be built from the first input's shape, which
-            # is all Keras passes to a wrapper's build(): build the inner
-            # layer from every argument first, by calling it symbolically.
-            self.layer(*_symbolic(args), **_symbolic(kwargs))
-        return super().__call__(*args, **kwargs)
 
     def build(self, input_shape=None):
         super().build(input_shape)
@@ -231,33 +220,13 @@ class PruneWrapper(L.Wrapper):
         # (callbacks); the step is counted inside the train step, once per
         # replica, so only the first replica's count is kept.
         self.masks = [
-            self.add_weight(
-                shape=w.shape,
-                initializer="ones",
-                dtype="float32",
-                trainable=False,
-                autocast=False,
-                name=f"{w.name}_mask",
-            )
+            self.add_state(f"{w.name}_mask", w.shape, initializer="ones", aggregation="none")
             for w in self._pruned
         ]
-        self.pruning_step = self.add_weight(
-            shape=(),
-            initializer="zeros",
-            dtype="int64",
-            trainable=False,
-            autocast=False,
-            aggregation="only_first_replica",
-            name="pruning_step",
+        self.pruning_step = self.add_state(
+            "pruning_step", dtype="int64", aggregation="only_first_replica"
         )
-        self.l1_strength = self.add_weight(
-            shape=(),
-            initializer="zeros",
-            dtype="float32",
-            trainable=False,
-            autocast=False,
-            name="l1_strength",
-        )
+        self.l1_strength = self.add_state("l1_strength", aggregation="none")
         for w, mask in zip(self._pruned, self.masks):
             w.constraint = _MaskConstraint(mask, w.constraint)
 
@@ -291,57 +260,10 @@ class PruneWrapper(L.Wrapper):
         # The wrapped layer runs unchanged but reads the masked values in place
         # of its variables; gradients flow to the variables through the masks.
         mapping = [(v, masked.get(id(v), v.value)) for v in self.layer.variables]
-        with keras.StatelessScope(mapping, collect_losses=True) as scope:
-            outputs = self.layer(inputs, *args, **kwargs)
-        for loss in scope.losses:
-            self.add_loss(loss)
+        outputs, _ = self.call_layer(mapping, inputs, *args, **kwargs)
         return outputs
-
-    def compute_output_shape(self, input_shape, *args, **kwargs):
-        return self.layer.compute_output_shape(input_shape, *args, **kwargs)
-
-    def compute_output_spec(self, *args, **kwargs):
-        return self.layer.compute_output_spec(*args, **kwargs)
-
-    def compute_mask(self, inputs, mask=None):
-        return self.layer.compute_mask(inputs, mask)
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "pruning_schedule": None
-                if self.pruning_schedule is None
-                else keras.saving.serialize_keras_object(self.pruning_schedule),
-                "global_pruning": self.global_pruning,
-                "prune_bias": self.prune_bias,
-            }
-        )
+        config.update({"global_pruning": self.global_pruning, "prune_bias": self.prune_bias})
         return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        schedule = config.pop("pruning_schedule", None)
-        if schedule is not None:
-            schedule = keras.saving.deserialize_keras_object(
-                schedule, custom_objects=custom_objects
-            )
-        layer = keras.saving.deserialize_keras_object(
-            config.pop("layer"), custom_objects=custom_objects
-        )
-        return cls(layer, pruning_schedule=schedule, **config)
-
-
-def _symbolic(structure):
-    """`structure` with every tensor or array replaced by a KerasTensor of
-    its shape and dtype (other values, such as flags, kept)."""
-
-    def spec(x):
-        if isinstance(x, keras.KerasTensor):
-            return x
-        if keras.ops.is_tensor(x) or hasattr(x, "__array__"):
-            return keras.KerasTensor(tuple(x.shape), keras.backend.standardize_dtype(x.dtype))
-        return x
-
-    return keras.tree.map_structure(spec, structure)

@@ -113,25 +113,16 @@ class QuantizeMultiHeadAttention(Wrapper):
     """
 
     _kc_quantization_aware = True
+    name_prefix = "quant_"
 
     def __init__(self, layer, preserve_sparsity=True, ema_decay=0.99, **kwargs):
-        if not isinstance(layer, L.Layer):
-            raise TypeError(
-                "QuantizeMultiHeadAttention expects a keras layer, got "
-                f"{type(layer).__name__}: {layer!r}."
-            )
-        reason = why_not_quantizable_attention(layer)
-        if reason:
-            raise ValueError(
-                f"QuantizeMultiHeadAttention cannot wrap layer '{layer.name}': {reason}."
-            )
+        self.expect_layer(layer, why_not_quantizable_attention)
         if not isinstance(preserve_sparsity, bool):
             raise TypeError(
                 f"QuantizeMultiHeadAttention '{layer.name}': preserve_sparsity must be a "
                 f"bool, got {preserve_sparsity!r}."
             )
         check_ema_decay(f"QuantizeMultiHeadAttention '{layer.name}'", ema_decay)
-        kwargs.setdefault("name", f"quant_{layer.name}")
         super().__init__(layer, **kwargs)
         check_wrapper_policies("QuantizeMultiHeadAttention", self)
         self.preserve_sparsity = preserve_sparsity
@@ -151,15 +142,7 @@ class QuantizeMultiHeadAttention(Wrapper):
         if not self.layer.built:
             self.layer.build(query_shape, value_shape, key_shape)
         self.kernel_ranges = [
-            self.add_weight(
-                shape=(),
-                initializer="ones",
-                dtype="float32",
-                trainable=False,
-                autocast=False,
-                aggregation="mean",
-                name=f"{name.removesuffix('_dense')}_kernel_range",
-            )
+            self.add_state(f"{name.removesuffix('_dense')}_kernel_range", initializer="ones")
             for name in _PROJECTIONS
         ]
         for quantizer in [*self.quantizers.values(), self.probabilities_quantizer]:
@@ -222,6 +205,12 @@ class QuantizeMultiHeadAttention(Wrapper):
         if return_attention_scores:
             return outputs, probabilities
         return outputs
+
+    # Shapes and specs are traced from call() (Keras's default), not taken
+    # from the MultiHeadAttention: call() refuses attention masks when the
+    # model is built.
+    compute_output_shape = L.Layer.compute_output_shape
+    compute_output_spec = L.Layer.compute_output_spec
 
     def compute_mask(self, inputs, mask=None):
         return mask

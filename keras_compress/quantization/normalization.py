@@ -20,6 +20,12 @@ _STEPS = (
 )  # fmt: skip
 
 
+def _why_not_layer_normalization(layer):
+    if not isinstance(layer, L.LayerNormalization):
+        return f"it is a {type(layer).__name__}, not a LayerNormalization"
+    return None
+
+
 @keras.saving.register_keras_serializable(package="keras_compress")
 class QuantizeLayerNormalization(Wrapper):
     """Trains a LayerNormalization as TFLite computes it in int8.
@@ -59,20 +65,11 @@ class QuantizeLayerNormalization(Wrapper):
     """
 
     _kc_quantization_aware = True
+    name_prefix = "quant_"
 
     def __init__(self, layer, ema_decay=0.99, **kwargs):
-        if not isinstance(layer, L.Layer):
-            raise TypeError(
-                "QuantizeLayerNormalization expects a keras layer, got "
-                f"{type(layer).__name__}: {layer!r}."
-            )
-        if not isinstance(layer, L.LayerNormalization):
-            raise ValueError(
-                f"QuantizeLayerNormalization cannot wrap layer '{layer.name}': it is a "
-                f"{type(layer).__name__}, not a LayerNormalization."
-            )
+        self.expect_layer(layer, _why_not_layer_normalization)
         check_ema_decay(f"QuantizeLayerNormalization '{layer.name}'", ema_decay)
-        kwargs.setdefault("name", f"quant_{layer.name}")
         super().__init__(layer, **kwargs)
         check_wrapper_policies("QuantizeLayerNormalization", self)
         self.ema_decay = ema_decay
@@ -123,9 +120,6 @@ class QuantizeLayerNormalization(Wrapper):
             outputs = quantize("scaled" if layer.gamma is not None else "normalized", outputs)
             outputs = outputs + self._broadcast(ops.cast(layer.beta, "float32"), rank, axes)
         return ops.cast(outputs, inputs.dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
     def compute_mask(self, inputs, mask=None):
         return mask

@@ -8,8 +8,6 @@ import numpy as np
 from keras import layers as L
 
 from keras_compress import _models
-from keras_compress.pruning.prune import strip_pruning
-from keras_compress.pruning.wrapper import PruneWrapper
 from keras_compress.quantization import rules
 from keras_compress.quantization.attention import (
     QuantizeMultiHeadAttention,
@@ -238,7 +236,7 @@ def _names_of(op):
     for a pruning or annotation wrapper, its inner layer's."""
     names = {op.name}
     inner = getattr(op, "layer", None)
-    if isinstance(op, (PruneWrapper, QuantizeAnnotate)) and inner is not None:
+    if (isinstance(op, QuantizeAnnotate) or _models.is_removable_wrapper(op)) and inner is not None:
         names.add(inner.name)
     return names
 
@@ -427,9 +425,9 @@ class _Quantizer:
         selected = self.selected(op)
         if isinstance(op, QuantizeAnnotate):
             op = op.layer
-        if isinstance(op, PruneWrapper):
-            op = strip_pruning(op)
-        return op, selected
+        # A pruning wrapper comes off with its masks baked into the weights
+        # (the technique registered how in `_models.register_unwrap`).
+        return _models.unwrap_layer(op), selected
 
     def _plan_folding(self, model, consumers):
         """Finds Conv/Dense -> BatchNormalization -> ReLU chains to fuse.

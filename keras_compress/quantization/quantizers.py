@@ -20,14 +20,15 @@ _MIN_RANGE = 1e-6
 def weight_range(kernel, axis=None):
     """The symmetric int8 range of a kernel: `max|w|`, per channel along `axis`
     (or over the whole tensor when `axis` is `None`), without a gradient."""
-    kernel = ops.cast(kernel, "float32")
-    if axis is None:
-        limit = ops.max(ops.abs(kernel))
-    else:
+    kernel = ops.stop_gradient(ops.cast(kernel, "float32"))
+    reduce = None
+    if axis is not None:
         axis = axis % len(kernel.shape)
         reduce = tuple(i for i in range(len(kernel.shape)) if i != axis)
-        limit = ops.max(ops.abs(kernel), axis=reduce)
-    return ops.stop_gradient(ops.maximum(limit, _MIN_RANGE))
+    # max|w| as max(max w, -min w): the same value from two reductions,
+    # without writing |w| out first (this runs at every training step).
+    limit = ops.maximum(ops.max(kernel, axis=reduce), -ops.min(kernel, axis=reduce))
+    return ops.maximum(limit, _MIN_RANGE)
 
 
 def fake_quant_weights(kernel, limit, axis=None):

@@ -55,15 +55,15 @@ class SparsityPreservingWrapper(Wrapper):
     ```
     """
 
+    name_prefix = "sparse_"
+
     def __init__(self, layer, **kwargs):
         if not isinstance(layer, L.Layer) or isinstance(layer, keras.Model):
             raise TypeError(
                 "SparsityPreservingWrapper expects a keras layer (not a model), got "
                 f"{type(layer).__name__}: {layer!r}."
             )
-        kwargs.setdefault("name", f"sparse_{layer.name}")
         super().__init__(layer, **kwargs)
-        self.supports_masking = layer.supports_masking
 
     def build(self, input_shape=None):
         # The wrapped layer may take several inputs (a MultiHeadAttention's
@@ -81,10 +81,7 @@ class SparsityPreservingWrapper(Wrapper):
             (v, keep_zeros(originals[id(v)]) if _preserved(v) else originals[id(v)])
             for v in self.layer.variables
         ]
-        with keras.StatelessScope(mapping, collect_losses=True) as scope:
-            outputs = self.layer(inputs, *args, **kwargs)
-        for loss in scope.losses:
-            self.add_loss(loss)
+        outputs, scope = self.call_layer(mapping, inputs, *args, **kwargs)
         # A stateless scope records assignments instead of making them: write
         # back the state the layer updated (moving statistics, RNN states).
         for variable in self.layer.non_trainable_variables:
@@ -92,6 +89,3 @@ class SparsityPreservingWrapper(Wrapper):
             if value is not None and value is not originals[id(variable)]:
                 variable.assign(value)
         return outputs
-
-    def compute_mask(self, inputs, mask=None):
-        return self.layer.compute_mask(inputs, mask)

@@ -5,6 +5,7 @@ import keras
 from keras import layers as L
 from keras import ops
 
+from keras_compress._wrappers import Wrapper
 from keras_compress.quantization.quantizers import (
     check_wrapper_policies,
     keep_zeros,
@@ -99,7 +100,7 @@ def why_not_quantizable(layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_compress")
-class QuantizeWrapper(L.Wrapper):
+class QuantizeWrapper(Wrapper):
     """Trains a layer with its kernel (or embedding table) fake-quantized to int8.
 
     The kernel is quantized symmetrically (zero point 0, 255 levels): per
@@ -146,14 +147,13 @@ class QuantizeWrapper(L.Wrapper):
     """
 
     _kc_quantization_aware = True
+    name_prefix = "quant_"
+    nested_config = ("batch_norm",)
 
     def __init__(
         self, layer, batch_norm=None, activation=None, preserve_sparsity=True, **kwargs
     ):
-        if not isinstance(layer, L.Layer):
-            raise TypeError(
-                f"QuantizeWrapper expects a keras layer, got {type(layer).__name__}: {layer!r}."
-            )
+        self.expect_layer(layer)
         reason = why_not_quantizable(layer)
         if reason:
             raise ValueError(f"QuantizeWrapper cannot wrap {reason}")
@@ -198,13 +198,11 @@ class QuantizeWrapper(L.Wrapper):
                 f"QuantizeWrapper '{layer.name}': preserve_sparsity must be a bool, "
                 f"got {preserve_sparsity!r}."
             )
-        kwargs.setdefault("name", f"quant_{layer.name}")
         super().__init__(layer, **kwargs)
         check_wrapper_policies("QuantizeWrapper", self)
         self.batch_norm = batch_norm
         self.activation = activation
         self.preserve_sparsity = preserve_sparsity
-        self.supports_masking = layer.supports_masking
 
     def build(self, input_shape=None):
         super().build(input_shape)
@@ -220,14 +218,8 @@ class QuantizeWrapper(L.Wrapper):
                 )
         axis, _ = self._kernel_axes()
         kernel = self.kernel_variable
-        self.kernel_range = self.add_weight(
-            shape=() if axis is None else (kernel.shape[axis],),
-            initializer="ones",
-            dtype="float32",
-            trainable=False,
-            autocast=False,
-            aggregation="mean",
-            name="kernel_range",
+        self.kernel_range = self.add_state(
+            "kernel_range", () if axis is None else (kernel.shape[axis],), initializer="ones"
         )
         self.refresh_kernel_range()
 
@@ -303,10 +295,7 @@ class QuantizeWrapper(L.Wrapper):
                 add_bias_after = True
         mapping += [(v, v.value) for v in self.layer.variables if all(v is not m for m, _ in mapping)]
         # The wrapped layer runs unchanged but reads the quantized kernel.
-        with keras.StatelessScope(mapping, collect_losses=True) as scope:
-            outputs = self.layer(inputs)
-        for loss in scope.losses:
-            self.add_loss(loss)
+        outputs, _ = self.call_layer(mapping, inputs)
         if add_bias_after:
             outputs = outputs + ops.cast(bias, outputs.dtype)
         if self.activation == "relu":
@@ -315,37 +304,7 @@ class QuantizeWrapper(L.Wrapper):
             outputs = ops.relu6(outputs)
         return outputs
 
-    def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
-
-    def compute_output_spec(self, *args, **kwargs):
-        return self.layer.compute_output_spec(*args, **kwargs)
-
-    def compute_mask(self, inputs, mask=None):
-        return self.layer.compute_mask(inputs, mask)
-
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "batch_norm": None
-                if self.batch_norm is None
-                else keras.saving.serialize_keras_object(self.batch_norm),
-                "activation": self.activation,
-                "preserve_sparsity": self.preserve_sparsity,
-            }
-        )
+        config.update({"activation": self.activation, "preserve_sparsity": self.preserve_sparsity})
         return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        layer = keras.saving.deserialize_keras_object(
-            config.pop("layer"), custom_objects=custom_objects
-        )
-        batch_norm = config.pop("batch_norm", None)
-        if batch_norm is not None:
-            batch_norm = keras.saving.deserialize_keras_object(
-                batch_norm, custom_objects=custom_objects
-            )
-        return cls(layer, batch_norm=batch_norm, **config)
