@@ -46,6 +46,10 @@ class Wrapper(keras.layers.Wrapper):
             kwargs.setdefault("name", f"{self.name_prefix}{layer.name}")
         super().__init__(layer, **kwargs)
         self.supports_masking = layer.supports_masking
+        # tfmot's form `Sequential([prune_low_magnitude(Dense(20, input_shape=(784,))), ...])`:
+        # the input shape given to the wrapped layer is the Sequential's input.
+        if getattr(layer, "_input_shape_arg", None) is not None:
+            self._input_shape_arg = layer._input_shape_arg
 
     def __call__(self, *args, **kwargs):
         if not self.layer.built:

@@ -196,10 +196,6 @@ class PruneWrapper(Wrapper):
             raise ValueError(f"PruneWrapper cannot wrap layer {describe(layer)}: {reason}.")
         check_options(f"layer '{layer.name}'", pruning_schedule, global_pruning, prune_bias)
         super().__init__(layer, **kwargs)
-        # tfmot's form `Sequential([prune_low_magnitude(Dense(20, input_shape=(784,))), ...])`:
-        # the shape given to the wrapped layer is the Sequential's input.
-        if getattr(layer, "_input_shape_arg", None) is not None:
-            self._input_shape_arg = layer._input_shape_arg
         self.pruning_schedule = pruning_schedule
         self.global_pruning = global_pruning
         self.prune_bias = prune_bias
