@@ -22,32 +22,23 @@ Usage:
     python benchmarks/quantization_benchmark.py [--seeds 3] [--pairs 10] [--with-tfmot]
 """
 
-import argparse
-import json
-import os
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from _common import parser, pin_threads, write_results
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, out="quantization.json")
     p.add_argument("--seeds", type=int, default=3, help="seeds (default 3)")
     p.add_argument("--epochs", type=int, default=4, help="float training epochs")
     p.add_argument("--qat-epochs", type=int, default=2, help="QAT fine-tuning epochs")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--calibration", type=int, default=200, help="PTQ calibration samples")
     p.add_argument("--pairs", type=int, default=10, help="interleaved timing pairs")
-    p.add_argument("--threads", type=int, default=1, help="TF intra-op threads (inter-op: 1)")
     p.add_argument("--with-tfmot", action="store_true", help="run the tfmot peer (extra [tfmot])")
-    p.add_argument("--data", default=None, help="MNIST IDX folder or mnist.npz (default: bundled)")
-    p.add_argument("--out", default=os.path.join(HERE, "results", "quantization.json"))
     return p.parse_args()
 
 
 ARGS = parse_args()
-os.environ["TF_NUM_INTRAOP_THREADS"] = str(ARGS.threads)
-os.environ["TF_NUM_INTEROP_THREADS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+pin_threads(ARGS.threads)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -168,10 +159,7 @@ def main():
         print(f"tfmot QAT time per step / plain fit: wall {describe(peers[0]['timing'])}")
         print(f"                                     CPU  {describe(peers[0]['timing']['cpu'])}")
 
-    os.makedirs(os.path.dirname(ARGS.out), exist_ok=True)
-    with open(ARGS.out, "w") as f:
-        json.dump({"args": vars(ARGS), "seeds": per_seed, "timing": timed, "tfmot": peers}, f, indent=1)
-    print(f"results: {ARGS.out}")
+    write_results(ARGS.out, {"seeds": per_seed, "timing": timed, "tfmot": peers}, ARGS)
 
 
 if __name__ == "__main__":

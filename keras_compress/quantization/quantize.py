@@ -631,7 +631,7 @@ class _Quantizer:
                     inner,
                     batch_norm=bn_copy,
                     activation=fused if last else None,
-                    preserve_sparsity=self.preserve_sparsity,
+                    preserve_sparsity=self._keeps_zeros(layer),
                     name=self._unique(f"quant_{inner.name}"),
                 )
 
@@ -662,6 +662,12 @@ class _Quantizer:
             outputs = self._activation(outputs, own, activation, activation.name)
         return outputs
 
+    def _keeps_zeros(self, layer):
+        """Whether `layer`'s wrapper holds its zeros at zero: asked for, and
+        there are zeros to hold. A kernel without an exact zero (one not
+        pruned) skips the mask, which would multiply by ones at every step."""
+        return self.preserve_sparsity and has_zero_weights(layer)
+
     def _call_wrapped(self, layer, wrapper_class, args, kwargs):
         """A LayerNormalization or MultiHeadAttention through its
         quantization-aware wrapper, its (first) output quantized."""
@@ -670,7 +676,7 @@ class _Quantizer:
             inner = _models.copy_layer(layer)
             options = {"ema_decay": self.ema_decay}
             if wrapper_class is QuantizeMultiHeadAttention:
-                options["preserve_sparsity"] = self.preserve_sparsity
+                options["preserve_sparsity"] = self._keeps_zeros(layer)
             wrapper = wrapper_class(inner, name=self._unique(f"quant_{layer.name}"), **options)
 
             def fill(inner=inner, wrapper=wrapper):
