@@ -251,9 +251,15 @@ def test_quantization_aware_model_matches_its_file_closely(cnn):
     assert_unchanged(qat, before)
     # Each QuantizeWrapper's int8 op outputs what its activation quantizer
     # computes: the wrapper is fused into it, and the two agree to rounding.
-    assert report.row("quant_conv_a").status == "fused"
-    assert report.row("quant_conv_a").fused_into == "conv_a_quant"
-    assert report.row("conv_a_quant").tflite_ops == ("CONV_2D",)
+    assert report.row("quant_conv_b").status == "fused"
+    assert report.row("quant_conv_b").fused_into == "conv_b_quant"
+    assert report.row("conv_b_quant").tflite_ops == ("CONV_2D",)
+    # conv_a's range is learned after the max pooling that alone reads it
+    # (the same int8 values, a quarter of the fake quantization): its CONV_2D
+    # is compared with the wrapper's output, the pooling with the quantizer's.
+    assert report.row("quant_conv_a").tflite_ops == ("CONV_2D",)
+    assert report.row("pool").fused_into == "conv_a_quant"
+    assert report.row("conv_a_quant").tflite_ops == ("MAX_POOL_2D",)
     assert all(r.snr_db > 40 and r.dtype == "int8" for r in report.compared), str(report)
     assert report.first_divergent_layer is None
     assert report.agreement == {"logits": 1.0}

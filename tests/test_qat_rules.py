@@ -483,3 +483,36 @@ def test_application_layers_layer_scale_and_custom_scale_convert_to_int8():
     flatbuffer, info = int8_file(qat)
     assert compute_ops(info) == ["ADD", "FULLY_CONNECTED", "MUL"]
     assert_file_matches_keras(flatbuffer, qat, x, steps=3)
+
+
+def test_a_relu_layer_read_only_by_max_pooling_learns_its_range_after_the_pooling():
+    """Fake quantization is monotone, so it commutes with max pooling: the
+    range learned on the pooled tensor gives the same values on a quarter of
+    the elements. TFLite gives MAX_POOL_2D's input its output's scale, so the
+    CONV_2D still writes int8."""
+    from keras.quantizers import fake_quant_with_min_max_vars
+
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=(4, 8, 8, 3)).astype("float32") * 3
+    pool = keras.layers.MaxPooling2D()
+    np.testing.assert_array_equal(value(fake_quant_with_min_max_vars(pool(t), -2.0, 5.0)),
+                                  value(pool(fake_quant_with_min_max_vars(t, -2.0, 5.0))))
+
+    L = keras.layers
+    inputs = keras.Input((10, 10, 1), name="image")
+    a = L.Conv2D(4, 3, activation="relu", name="conv_relu")(inputs)  # read only by the pooling
+    a = L.MaxPooling2D(name="pool")(a)
+    b = L.Conv2D(4, 3, name="conv_linear")(a)  # no ReLU: keeps its own range
+    c = L.MaxPooling2D(name="pool_b")(b)
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.Flatten()(c)))
+    qat = quantize_quietly(model)
+    names = [l.name for l in qat.layers]
+    assert names.index("conv_relu_quant") == names.index("pool") + 1
+    assert names.index("conv_linear_quant") == names.index("quant_conv_linear") + 1
+    x = rng.normal(size=(64, 10, 10, 1)).astype("float32")
+    qat.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat.fit(x, np.arange(64) % 2, epochs=1, verbose=0)
+    flatbuffer = kc.to_tflite(qat, quantization="int8")
+    info = kc.inspect_tflite(flatbuffer)
+    assert not info.float_compute_ops()
+    np.testing.assert_array_equal(kc.predict_tflite(flatbuffer, x).argmax(1), value(qat(x)).argmax(1))
