@@ -23,21 +23,26 @@ FINAL_SPARSITY = 0.8
 STRUCTURED_AMOUNT = 0.5
 
 
-def build_cnn():
-    """The demo and benchmark model: 2 conv + 2 dense, 56.7k parameters."""
+def _mnist_cnn(filters, units, name):
+    """Conv(f1)-pool-Conv(f2)-pool-Dense(units)-Dense(10), ReLUs, on 28x28x1 images."""
     return keras.Sequential(
         [
             keras.Input((28, 28, 1), name="image"),
-            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.Conv2D(filters[0], 3, activation="relu"),
             keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.Conv2D(filters[1], 3, activation="relu"),
             keras.layers.MaxPooling2D(),
             keras.layers.Flatten(),
-            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(units, activation="relu"),
             keras.layers.Dense(10),
         ],
-        name="mnist_cnn",
+        name=name,
     )
+
+
+def build_cnn():
+    """The demo and benchmark model: 2 conv + 2 dense, 56.7k parameters."""
+    return _mnist_cnn((16, 32), 64, "mnist_cnn")
 
 
 def build_student():
@@ -55,19 +60,7 @@ def build_student():
 
 def build_small_cnn():
     """A CNN student about 1/10 of `build_cnn`: 2 conv (8 filters) + Dense(24), 5.7k parameters."""
-    return keras.Sequential(
-        [
-            keras.Input((28, 28, 1), name="image"),
-            keras.layers.Conv2D(8, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(8, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dense(24, activation="relu"),
-            keras.layers.Dense(10),
-        ],
-        name="mnist_small_cnn",
-    )
+    return _mnist_cnn((8, 8), 24, "mnist_small_cnn")
 
 
 def compile_classifier(model):
