@@ -516,3 +516,21 @@ def test_a_relu_layer_read_only_by_max_pooling_learns_its_range_after_the_poolin
     info = kc.inspect_tflite(flatbuffer)
     assert not info.float_compute_ops()
     np.testing.assert_array_equal(kc.predict_tflite(flatbuffer, x).argmax(1), value(qat(x)).argmax(1))
+
+
+def test_non_negative_activation_quantizer_learns_the_same_int8_values_without_the_minimum():
+    """On ReLU outputs the moving minimum is 0 (or clamped to 0), so a
+    quantizer that skips it quantizes exactly as the one that learns it."""
+    from keras_compress.quantization import ActivationQuantizer
+
+    rng = np.random.default_rng(1)
+    full, relu = ActivationQuantizer(name="full"), ActivationQuantizer(non_negative=True, name="relu")
+    for step in range(5):
+        batch = np.maximum(rng.normal(size=(16, 8)), 0).astype("float32") + 0.01 * step  # min > 0 from step 1
+        a, b = value(full(batch, training=True)), value(relu(batch, training=True))
+        np.testing.assert_array_equal(a, b)
+    assert float(value(relu.range_min)) == 0.0 and float(value(full.range_min)) > 0
+    np.testing.assert_allclose(value(relu.range_max), value(full.range_max))
+    assert ActivationQuantizer.from_config(relu.get_config()).non_negative is True
+    with pytest.raises(TypeError, match="non_negative must be True or False"):
+        ActivationQuantizer(non_negative="yes")

@@ -588,7 +588,8 @@ class _Quantizer:
         if activation is not None:
             return self._call_activation_layer(node, layer, activation, args, kwargs)
         if isinstance(layer, _MAX_POOLING) and args and id(args[0]) in self.pooled:
-            return self._quantize_output(self._copy(layer)(*args, **kwargs), self.pooled.pop(id(args[0])))
+            pooled = self._copy(layer)(*args, **kwargs)  # of a ReLU's output: never negative
+            return self._quantize_output(pooled, self.pooled.pop(id(args[0])), non_negative=True)
         if isinstance(layer, rules.SAME_SCALE_LAYERS) or (
             rules.is_op(layer) and name in rules.SAME_SCALE_OPS
         ):
@@ -678,7 +679,8 @@ class _Quantizer:
         elif pooled:
             self.pooled[id(outputs)] = layer.name
         else:
-            outputs = self._quantize_output(outputs, layer.name)
+            relu = (not split and own in ("relu", "relu6")) or fused in ("relu", "relu6")
+            outputs = self._quantize_output(outputs, layer.name, non_negative=relu)
         if split:
             if rules.activation_rule(own) is None:
                 self._report(layer, f"its activation: {_activation_reason(own)}")
@@ -792,16 +794,17 @@ class _Quantizer:
             self.copies[id(layer)] = new
         return self.copies[id(layer)]
 
-    def _quantizer(self, name, fixed_range=None):
+    def _quantizer(self, name, fixed_range=None, non_negative=False):
         return ActivationQuantizer(
-            ema_decay=self.ema_decay, fixed_range=fixed_range, name=self._unique(name)
+            ema_decay=self.ema_decay, fixed_range=fixed_range, non_negative=non_negative,
+            name=self._unique(name),
         )
 
-    def _quantize_output(self, outputs, name, fixed_range=None):
+    def _quantize_output(self, outputs, name, fixed_range=None, non_negative=False):
         def quantize(x):
             if not isinstance(x, keras.KerasTensor) or not _is_float(x):
                 return x
-            y = self._quantizer(f"{name}_quant", fixed_range)(x)
+            y = self._quantizer(f"{name}_quant", fixed_range, non_negative)(x)
             self.quantized.add(id(y))
             if fixed_range is None:
                 self.learned_outputs[id(y)] = x
