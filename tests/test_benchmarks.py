@@ -132,3 +132,14 @@ def test_architecture_matrix_and_conversion_table_scripts(tmp_path):
     table = run_script("conversion_table.py", "--only", "Dense,elu")
     assert "| Dense | int8: FULLY_CONNECTED |" in table
     assert "| elu | float ELU (of ELU) |" in table  # no int8 kernel: said, not hidden
+
+
+@pytest.mark.slow
+def test_sensitivity_benchmark_prints_a_correlation_per_proxy(tmp_path):
+    out = tmp_path / "sensitivity.json"
+    stdout = run_script("sensitivity.py", "--seeds", 1, "--epochs", 1, "--sparsities", "0.5,0.9", "--out", out)
+    found = dict(re.findall(r"^  (magnitude|fisher|taylor) +([+-][\d.]+) \(", stdout, re.M))
+    assert set(found) == {"magnitude", "fisher", "taylor"}, stdout
+    assert all(-1 <= float(v) <= 1 for v in found.values())
+    result = json.loads(out.read_text())
+    assert len(result["reports"][0]["rows"]) == 4 * 2  # 4 layers x 2 sparsities

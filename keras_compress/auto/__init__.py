@@ -1,0 +1,20 @@
+"""Auto-compression (issue 15, in progress): the measurements a search for
+the smallest or fastest model within an accuracy budget is built on.
+
+Available so far:
+
+- `sensitivity_analysis`: for each prunable layer and each sparsity level,
+  the held-out metric drop measured by pruning that layer alone, beside three
+  cheap proxies of it (weight magnitude, the Fisher / OBD diagonal, first-order
+  Taylor) and each proxy's rank correlation with the measured drops.
+"""
+
+from keras_compress.auto.sensitivity import (
+    PROXIES,
+    SensitivityReport,
+    SensitivityRow,
+    sensitivity_analysis,
+    spearman,
+)
+
+__all__ = ["PROXIES", "SensitivityReport", "SensitivityRow", "sensitivity_analysis", "spearman"]

@@ -1,0 +1,152 @@
+"""keras_compress.auto.sensitivity_analysis: measured per-layer drops against
+an independent re-computation, proxies against their formulas, and a model
+left untouched."""
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import assert_unchanged, compile_for_test, small_cnn, snapshot, toy_data, value
+from keras_compress.auto import PROXIES, sensitivity_analysis, spearman
+
+
+@pytest.fixture(scope="module")
+def trained():
+    keras.utils.set_random_seed(3)
+    x, y = toy_data(256)
+    model = compile_for_test(small_cnn())
+    model.fit(x, y, epochs=4, verbose=0)
+    return model, x, y
+
+
+def accuracy_with(model, layer, sparsity, x, y):
+    """Independently: prune `layer`'s kernel by hand (sorting |w|), evaluate, restore."""
+    layer = model.get_layer(layer)
+    kernel = value(layer.kernel)
+    count = round(sparsity * kernel.size)
+    order = np.argsort(np.abs(kernel).reshape(-1), kind="stable")
+    pruned = kernel.reshape(-1).copy()
+    pruned[order[:count]] = 0
+    layer.kernel.assign(pruned.reshape(kernel.shape))
+    try:
+        return float(np.mean(value(model(x)).argmax(-1) == y))
+    finally:
+        layer.kernel.assign(kernel)
+
+
+def test_measured_drops_match_pruning_each_layer_by_hand(trained):
+    model, x, y = trained
+    before = snapshot(model)
+    report = sensitivity_analysis(model, (x, y), sparsities=(0.5, 0.9), verbose=False)
+    assert_unchanged(model, before)
+    assert report.layers() == ["conv_a", "conv_b", "dense_a", "logits"]
+    baseline = float(np.mean(value(model(x)).argmax(-1) == y))
+    assert report.baseline == pytest.approx(baseline)
+    for layer in report.layers():
+        for sparsity in (0.5, 0.9):
+            row = report.row(layer, sparsity)
+            assert row.metric == pytest.approx(accuracy_with(model, layer, sparsity, x, y), abs=1e-9)
+            assert row.drop == pytest.approx(baseline - row.metric)
+    assert "| conv_a |" in report.table() and "Spearman" in report.table()
+
+
+def test_proxies_follow_their_formulas(trained):
+    """magnitude = sum of the pruned w^2; fisher = 1/2 sum F w^2 and taylor =
+    |sum g w| over the pruned weights, with g and F from the same batches."""
+    import tensorflow as tf
+
+    model, x, y = trained
+    report = sensitivity_analysis(model, (x, y), sparsities=(0.5,), layers=["dense_a"], batch_size=64,
+                                  proxy_batches=2, verbose=False)
+    kernel = value(model.get_layer("dense_a").kernel).astype(np.float64)
+    pruned = np.zeros(kernel.size, bool)
+    pruned[np.argsort(np.abs(kernel).reshape(-1), kind="stable")[: kernel.size // 2]] = True
+    pruned = pruned.reshape(kernel.shape)
+    grads = []
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    for start in (0, 64):
+        with tf.GradientTape() as tape:
+            out = loss(y[start : start + 64], model(x[start : start + 64]))
+        grads.append(np.asarray(tape.gradient(out, model.get_layer("dense_a").kernel.value), np.float64))
+    g, f = np.mean(grads, 0), np.mean([a * a for a in grads], 0)
+    proxies = report.row("dense_a", 0.5).proxies
+    assert proxies["magnitude"] == pytest.approx((kernel[pruned] ** 2).sum())
+    assert proxies["fisher"] == pytest.approx(0.5 * (f[pruned] * kernel[pruned] ** 2).sum(), rel=1e-4)
+    assert proxies["taylor"] == pytest.approx(abs((g[pruned] * kernel[pruned]).sum()), rel=1e-4)
+
+
+def test_correlations_are_spearman_of_each_proxy_with_the_drops(trained):
+    model, x, y = trained
+    report = sensitivity_analysis(model, (x, y), sparsities=(0.3, 0.6, 0.9), verbose=False)
+    drops = [r.drop for r in report.rows]
+    for proxy in PROXIES:
+        assert report.correlations[proxy] == pytest.approx(spearman([r.proxies[proxy] for r in report.rows], drops))
+    # Within one layer, pruning more never predicts less damage by magnitude.
+    for layer in report.layers():
+        damage = [report.row(layer, s).proxies["magnitude"] for s in (0.3, 0.6, 0.9)]
+        assert damage == sorted(damage)
+
+
+def test_spearman_by_hand():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties take their average rank: ranks (0.5, 0.5, 2) and (0, 1, 2) -> 0.866
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(0.8660254, abs=1e-6)
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    with pytest.raises(ValueError, match="spearman needs two 1-D sequences"):
+        spearman([1, 2], [1, 2, 3])
+
+
+def test_a_custom_metric_and_named_layers(trained):
+    model, x, y = trained
+
+    def negative_error_count(y_true, y_pred):
+        return -float(np.sum(np.asarray(y_pred).argmax(-1) != y_true))
+
+    report = sensitivity_analysis(model, (x, y), sparsities=(0.9,), layers=["logits"], metric=negative_error_count,
+                                  verbose=False)
+    assert report.metric_name == "negative_error_count" and report.layers() == ["logits"]
+    # metric = -errors, so drop = errors with the layer pruned - errors without
+    errors_pruned = 256 * (1 - accuracy_with(model, "logits", 0.9, x, y))
+    assert report.row("logits", 0.9).drop == pytest.approx(errors_pruned + report.baseline)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(sparsities=(0.0, 0.5)), ValueError, r"sparsities must be numbers in \(0, 1\), got 0.0"),
+        (dict(sparsities=()), ValueError, "sparsities must not be empty"),
+        (dict(sparsities="0.5"), TypeError, "sparsities must be numbers"),
+        (dict(layers=["nope"]), ValueError, r"layers \['nope'\] are not prunable layers of model 'cnn'"),
+        (dict(layers=["pool"]), ValueError, "are not prunable layers"),
+        (dict(metric="accuracy"), TypeError, "metric must be None"),
+        (dict(batch_size=0), ValueError, "sensitivity_analysis: batch_size must be an int >= 1, got 0."),
+        (dict(loss="no_such_loss"), ValueError, "loss must be a Keras loss"),
+    ],
+)
+def test_bad_arguments_are_refused_and_the_model_is_left_alone(trained, kwargs, error, match):
+    model, x, y = trained
+    before = snapshot(model)
+    with pytest.raises(error, match=match):
+        sensitivity_analysis(model, (x, y), verbose=False, **kwargs)
+    assert_unchanged(model, before)
+
+
+def test_bad_data_is_refused_and_a_failing_metric_leaves_the_model_alone(trained):
+    model, x, y = trained
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="data needs labels"):
+        sensitivity_analysis(model, x, verbose=False)
+    with pytest.raises(ValueError, match="sensitivity_analysis: data"):
+        sensitivity_analysis(model, (x[..., 0], y), verbose=False)
+    calls = []
+
+    def breaks_on_the_third_call(y_true, y_pred):
+        calls.append(1)
+        if len(calls) == 3:  # the baseline, one candidate, then mid-analysis
+            raise RuntimeError("metric failed")
+        return 1.0
+
+    with pytest.raises(RuntimeError, match="metric failed"):
+        sensitivity_analysis(model, (x, y), metric=breaks_on_the_third_call, verbose=False)
+    assert_unchanged(model, before)
