@@ -2,7 +2,8 @@
 
 Trains the demo CNN on the bundled MNIST split, then runs
 `keras_compress.auto.sensitivity_analysis` on the 2,000 held-out images:
-the accuracy drop when each layer alone is pruned to each sparsity, and the
+the accuracy drop when each layer alone is pruned to each sparsity or loses
+each fraction of its units (structured), and the
 Spearman rank correlation of the magnitude, Fisher and Taylor proxies with
 those drops, per seed.
 
@@ -19,7 +20,8 @@ def parse_args():
     p = parser(__doc__, out="sensitivity.json")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=3, help="training epochs of the CNN")
-    p.add_argument("--sparsities", default="0.5,0.7,0.8,0.9,0.95")
+    p.add_argument("--sparsities", default="0.5,0.7,0.8,0.9,0.95", help="unstructured sparsity levels")
+    p.add_argument("--fractions", default="0.25,0.5,0.75", help="structured removal fractions")
     return p.parse_args()
 
 
@@ -35,14 +37,16 @@ from keras_compress.examples import build_cnn, compile_classifier  # noqa: E402
 
 def main():
     (x_train, y_train), (x_test, y_test) = kc.datasets.load_mnist(ARGS.data)
-    sparsities = [float(s) for s in ARGS.sparsities.split(",")]
+    sparsities = [float(s) for s in ARGS.sparsities.split(",") if s]
+    fractions = [float(f) for f in ARGS.fractions.split(",") if f]
     reports, seconds = [], []
     for seed in range(ARGS.seeds):
         keras.utils.set_random_seed(seed)
         model = compile_classifier(build_cnn())
         model.fit(x_train, y_train, epochs=ARGS.epochs, batch_size=32, verbose=0)
         started = time.perf_counter()
-        report = sensitivity_analysis(model, (x_test, y_test), sparsities=sparsities, verbose=False)
+        report = sensitivity_analysis(model, (x_test, y_test), sparsities=sparsities, fractions=fractions,
+                                      verbose=False)
         seconds.append(time.perf_counter() - started)
         reports.append(report)
         print(f"\n== seed {seed} ({seconds[-1]:.1f} s)\n{report.table()}")

@@ -37,8 +37,9 @@ def accuracy_with(model, layer, sparsity, x, y):
 def test_measured_drops_match_pruning_each_layer_by_hand(trained):
     model, x, y = trained
     before = snapshot(model)
-    report = sensitivity_analysis(model, (x, y), sparsities=(0.5, 0.9), verbose=False)
+    report = sensitivity_analysis(model, (x, y), sparsities=(0.5, 0.9), fractions=(), verbose=False)
     assert_unchanged(model, before)
+    assert {r.action for r in report.rows} == {"prune"}
     assert report.layers() == ["conv_a", "conv_b", "dense_a", "logits"]
     baseline = float(np.mean(value(model(x)).argmax(-1) == y))
     assert report.baseline == pytest.approx(baseline)
@@ -47,6 +48,7 @@ def test_measured_drops_match_pruning_each_layer_by_hand(trained):
             row = report.row(layer, sparsity)
             assert row.metric == pytest.approx(accuracy_with(model, layer, sparsity, x, y), abs=1e-9)
             assert row.drop == pytest.approx(baseline - row.metric)
+            assert row.weights_removed == round(sparsity * value(model.get_layer(layer).kernel).size)
     assert "| conv_a |" in report.table() and "Spearman" in report.table()
 
 
@@ -77,10 +79,12 @@ def test_proxies_follow_their_formulas(trained):
 
 def test_correlations_are_spearman_of_each_proxy_with_the_drops(trained):
     model, x, y = trained
-    report = sensitivity_analysis(model, (x, y), sparsities=(0.3, 0.6, 0.9), verbose=False)
-    drops = [r.drop for r in report.rows]
+    report = sensitivity_analysis(model, (x, y), sparsities=(0.3, 0.6, 0.9), fractions=(0.5,), verbose=False)
+    pruned = [r for r in report.rows if r.action == "prune"]
+    assert len(pruned) == 12 and len(report.rows) == 15  # and three shrinkable groups, left out of the correlations
+    drops = [r.drop for r in pruned]
     for proxy in PROXIES:
-        assert report.correlations[proxy] == pytest.approx(spearman([r.proxies[proxy] for r in report.rows], drops))
+        assert report.correlations[proxy] == pytest.approx(spearman([r.proxies[proxy] for r in pruned], drops))
     # Within one layer, pruning more never predicts less damage by magnitude.
     for layer in report.layers():
         damage = [report.row(layer, s).proxies["magnitude"] for s in (0.3, 0.6, 0.9)]
@@ -115,8 +119,9 @@ def test_a_custom_metric_and_named_layers(trained):
     "kwargs, error, match",
     [
         (dict(sparsities=(0.0, 0.5)), ValueError, r"sparsities must be numbers in \(0, 1\), got 0.0"),
-        (dict(sparsities=()), ValueError, "sparsities must not be empty"),
-        (dict(sparsities="0.5"), TypeError, "sparsities must be numbers"),
+        (dict(sparsities=(), fractions=()), ValueError, "sparsities and fractions are both empty"),
+        (dict(fractions=(1.0,)), ValueError, r"fractions must be numbers in \(0, 1\), got 1.0"),
+        (dict(sparsities="0.5"), TypeError, "sparsities must be a list of numbers"),
         (dict(layers=["nope"]), ValueError, r"layers \['nope'\] are not prunable layers of model 'cnn'"),
         (dict(layers=["pool"]), ValueError, "are not prunable layers"),
         (dict(metric="accuracy"), TypeError, "metric must be None"),
@@ -150,3 +155,23 @@ def test_bad_data_is_refused_and_a_failing_metric_leaves_the_model_alone(trained
     with pytest.raises(RuntimeError, match="metric failed"):
         sensitivity_analysis(model, (x, y), metric=breaks_on_the_third_call, verbose=False)
     assert_unchanged(model, before)
+
+
+def test_structured_rows_match_shrinking_each_group_by_hand(trained):
+    """Each shrink row is kc.pruning.shrink of that group alone (L1), evaluated:
+    the same drop and the parameters it removes."""
+    import keras_compress as kc
+
+    model, x, y = trained
+    before = snapshot(model)
+    report = sensitivity_analysis(model, (x, y), sparsities=(), fractions=(0.5,), verbose=False)
+    assert_unchanged(model, before)
+    assert report.layers("shrink") == ["conv_a", "conv_b", "dense_a"]  # the output units stay
+    assert report.correlations == {}
+    for group in report.layers("shrink"):
+        small = kc.pruning.shrink(model, {group: 0.5}, criterion="l1")
+        accuracy = float(np.mean(value(small(x)).argmax(-1) == y))
+        row = report.row(group, 0.5, "shrink")
+        assert row.metric == pytest.approx(accuracy)
+        assert row.weights_removed == model.count_params() - small.count_params() > 0
+    assert "Drop when one group alone loses a fraction of its units (L1 norm):" in report.table()

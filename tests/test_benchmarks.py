@@ -137,9 +137,11 @@ def test_architecture_matrix_and_conversion_table_scripts(tmp_path):
 @pytest.mark.slow
 def test_sensitivity_benchmark_prints_a_correlation_per_proxy(tmp_path):
     out = tmp_path / "sensitivity.json"
-    stdout = run_script("sensitivity.py", "--seeds", 1, "--epochs", 1, "--sparsities", "0.5,0.9", "--out", out)
+    stdout = run_script("sensitivity.py", "--seeds", 1, "--epochs", 1, "--sparsities", "0.5,0.9", "--fractions", "0.5",
+                        "--out", out)
     found = dict(re.findall(r"^  (magnitude|fisher|taylor) +([+-][\d.]+) \(", stdout, re.M))
     assert set(found) == {"magnitude", "fisher", "taylor"}, stdout
     assert all(-1 <= float(v) <= 1 for v in found.values())
     result = json.loads(out.read_text())
-    assert len(result["reports"][0]["rows"]) == 4 * 2  # 4 layers x 2 sparsities
+    rows = result["reports"][0]["rows"]
+    assert len(rows) == 4 * 2 + 3  # 4 layers x 2 sparsities, and 3 groups (not the output's) x 1 fraction

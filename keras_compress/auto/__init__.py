@@ -6,10 +6,14 @@ Available so far:
 - `sensitivity_analysis`: for each prunable layer and each sparsity level,
   the held-out metric drop measured by pruning that layer alone, beside three
   cheap proxies of it (weight magnitude, the Fisher / OBD diagonal, first-order
-  Taylor) and each proxy's rank correlation with the measured drops.
+  Taylor) and each proxy's rank correlation with the measured drops; and for
+  each dependency group and removal fraction, the drop measured after
+  removing that fraction of its units (structured), with the weights each
+  candidate removes.
 """
 
 from keras_compress.auto.sensitivity import (
+    ACTIONS,
     PROXIES,
     SensitivityReport,
     SensitivityRow,
@@ -17,4 +21,4 @@ from keras_compress.auto.sensitivity import (
     spearman,
 )
 
-__all__ = ["PROXIES", "SensitivityReport", "SensitivityRow", "sensitivity_analysis", "spearman"]
+__all__ = ["ACTIONS", "PROXIES", "SensitivityReport", "SensitivityRow", "sensitivity_analysis", "spearman"]

@@ -28,6 +28,7 @@ import numpy as np
 
 from keras_compress import _data, _models
 from keras_compress.pruning.criteria import magnitude
+from keras_compress.pruning.structured import dependency_groups, shrink
 from keras_compress.pruning.wrapper import prunable_weights, why_not_prunable
 from tflite_bench.checks import check_int, describe
 from tflite_bench.progress import Progress
@@ -35,18 +36,28 @@ from tflite_bench.progress import Progress
 PROXIES = ("magnitude", "fisher", "taylor")
 
 
+ACTIONS = ("prune", "shrink")
+
+
 @dataclasses.dataclass(frozen=True)
 class SensitivityRow:
-    """One candidate: `layer` pruned alone to `sparsity`.
+    """One candidate: `layer` alone changed by `action` at `amount`.
 
-    `drop` is the baseline metric minus the metric measured with the layer
-    pruned (positive: worse); `proxies` maps each proxy to its predicted
-    damage (larger: worse)."""
+    `action` is `"prune"` (the fraction `amount` of the layer's weights of
+    smallest magnitude set to zero) or `"shrink"` (the fraction `amount` of
+    the units of the layer's dependency group removed by
+    `kc.pruning.shrink`, lowest L1 norm first; `layer` then names the
+    group's producers joined by "+"). `drop` is the baseline metric minus the
+    metric measured after the change (positive: worse); `weights_removed` the
+    weights it zeroes or removes, the cost a search trades against `drop`;
+    `proxies` maps each proxy to its predicted damage (pruning rows only)."""
 
     layer: str
-    sparsity: float
+    action: str
+    amount: float
     metric: float
     drop: float
+    weights_removed: int
     proxies: dict
 
 
@@ -61,31 +72,35 @@ class SensitivityReport:
     rows: tuple
     correlations: dict
 
-    def row(self, layer, sparsity):
-        """The row of `layer` at `sparsity`."""
+    def row(self, layer, amount, action="prune"):
+        """The row of `layer` changed by `action` at `amount`."""
         for r in self.rows:
-            if r.layer == layer and math.isclose(r.sparsity, sparsity):
+            if r.layer == layer and r.action == action and math.isclose(r.amount, amount):
                 return r
-        raise KeyError(f"no row for layer {layer!r} at sparsity {sparsity}")
+        raise KeyError(f"no {action} row for layer {layer!r} at {amount}")
 
-    def layers(self):
-        """The layers analysed, in model order."""
-        return list(dict.fromkeys(r.layer for r in self.rows))
+    def layers(self, action="prune"):
+        """The layers (or groups) analysed by `action`, in model order."""
+        return list(dict.fromkeys(r.layer for r in self.rows if r.action == action))
 
     def table(self):
-        """A Markdown table: one line per layer, the drop at each sparsity."""
-        levels = sorted({r.sparsity for r in self.rows})
-        lines = [
-            f"{self.metric_name} {self.baseline:.4f} on {self.samples} samples; drop when one layer is pruned:",
-            "",
-            "| layer | " + " | ".join(f"{s:.0%}" for s in levels) + " |",
-            "|---|" + "---:|" * len(levels),
-        ]
-        for layer in self.layers():
-            drops = [self.row(layer, s).drop for s in levels]
-            lines.append(f"| {layer} | " + " | ".join(f"{d:+.4f}" for d in drops) + " |")
-        lines += ["", "Spearman rank correlation of each proxy with the measured drops: "
-                  + ", ".join(f"{p} {c:+.3f}" for p, c in self.correlations.items())]
+        """Markdown tables, one per action: a line per layer, the drop at each amount."""
+        lines = [f"{self.metric_name} {self.baseline:.4f} on {self.samples} samples."]
+        titles = {"prune": "Drop when one layer alone is pruned to a sparsity (magnitude):",
+                  "shrink": "Drop when one group alone loses a fraction of its units (L1 norm):"}
+        for action in ACTIONS:
+            levels = sorted({r.amount for r in self.rows if r.action == action})
+            if not levels:
+                continue
+            lines += ["", titles[action], "",
+                      "| layer | " + " | ".join(f"{a:.0%}" for a in levels) + " |",
+                      "|---|" + "---:|" * len(levels)]
+            for layer in self.layers(action):
+                drops = [self.row(layer, a, action).drop for a in levels]
+                lines.append(f"| {layer} | " + " | ".join(f"{d:+.4f}" for d in drops) + " |")
+        if self.correlations:
+            lines += ["", "Spearman rank correlation of each proxy with the measured pruning drops: "
+                      + ", ".join(f"{p} {c:+.3f}" for p, c in self.correlations.items())]
         return "\n".join(lines)
 
     def __str__(self):
@@ -131,6 +146,7 @@ def sensitivity_analysis(
     data,
     *,
     sparsities=(0.5, 0.75, 0.9),
+    fractions=(0.25, 0.5),
     layers=None,
     metric=None,
     loss=None,
@@ -154,7 +170,12 @@ def sensitivity_analysis(
             of arrays per input with `y`, a `tf.data.Dataset` or generator
             of `(x, y)` batches (the forms `to_tflite(representative_data=)`
             reads, with labels).
-        sparsities: the levels to measure, each in (0, 1).
+        sparsities: the unstructured sparsity levels to measure, each in
+            (0, 1); may be empty.
+        fractions: the structured removal fractions to measure, each in
+            (0, 1): per dependency group of a named (or any) layer, that
+            fraction of its units removed by `kc.pruning.shrink` (L1 norm);
+            may be empty. Groups that cannot be shrunk are left out.
         layers: names of the layers to analyse; default every layer with
             prunable weights (Dense, Conv, EinsumDense, Embedding, the
             layers built from them...) that is trainable.
@@ -177,7 +198,10 @@ def sensitivity_analysis(
     """
     api = "sensitivity_analysis"
     _models.check_graph_model(model, api, "sensitivity_analysis on a Functional model wrapping it")
-    levels = _check_sparsities(api, sparsities)
+    levels = _check_levels(api, "sparsities", sparsities)
+    removals = _check_levels(api, "fractions", fractions)
+    if not levels and not removals:
+        raise ValueError(f"{api}: sparsities and fractions are both empty: nothing to measure.")
     check_int(api, "batch_size", batch_size, minimum=1)
     check_int(api, "max_samples", max_samples, minimum=1)
     check_int(api, "proxy_batches", proxy_batches, minimum=1)
@@ -193,8 +217,8 @@ def sensitivity_analysis(
     score = metric or _accuracy
     metric_name = "accuracy" if metric is None else getattr(metric, "__name__", type(metric).__name__)
 
-    def evaluate():
-        value = score(y, model.predict(x, batch_size=batch_size, verbose=0))
+    def evaluate(target=model):
+        value = score(y, target.predict(x, batch_size=batch_size, verbose=0))
         if not isinstance(value, (int, float, np.floating)) or not math.isfinite(float(value)):
             raise ValueError(f"{api}: metric must return a finite number, got {describe(value)}.")
         return float(value)
@@ -202,10 +226,13 @@ def sensitivity_analysis(
     originals = {id(w): np.array(keras.ops.convert_to_numpy(w)) for _, weights in candidates for w in weights}
     try:
         baseline = evaluate()
-        mean_grad, mean_sq = _gradient_moments(model, x, y, loss_fn, candidates, batch_size, proxy_batches)
+        if levels:
+            mean_grad, mean_sq = _gradient_moments(model, x, y, loss_fn, candidates, batch_size, proxy_batches)
         rows = []
-        progress = Progress(len(candidates), unit="layer") if verbose else None
-        for done, (layer, weights) in enumerate(candidates, 1):
+        groups = _shrinkable_groups(model, candidates) if removals else []
+        progress = Progress(len(candidates) + len(groups), unit="candidate layer") if verbose else None
+        done = 0
+        for layer, weights in candidates:
             for sparsity in levels:
                 masks = [np.asarray(keras.ops.convert_to_numpy(magnitude(originals[id(w)], sparsity))) for w in weights]
                 for w, mask in zip(weights, masks):
@@ -216,32 +243,51 @@ def sensitivity_analysis(
                     for w in weights:
                         w.assign(originals[id(w)])
                 proxies = _proxies(weights, masks, originals, mean_grad, mean_sq)
-                rows.append(SensitivityRow(layer.name, sparsity, value, baseline - value, proxies))
+                removed = int(sum((mask == 0).sum() for mask in masks))
+                rows.append(SensitivityRow(layer.name, "prune", sparsity, value, baseline - value, removed, proxies))
+            done += 1
             if progress is not None:
                 progress.update(done, layer.name)
+        for group in groups:
+            for fraction in removals:
+                small = shrink(model, {group.producers[0]: fraction}, criterion="l1")
+                value = evaluate(small)
+                removed = model.count_params() - small.count_params()
+                rows.append(SensitivityRow("+".join(group.producers), "shrink", fraction, value,
+                                           baseline - value, int(removed), {}))
+            done += 1
+            if progress is not None:
+                progress.update(done, "+".join(group.producers))
     finally:
         for _, weights in candidates:
             for w in weights:
                 w.assign(originals[id(w)])
-    drops = [r.drop for r in rows]
-    correlations = {p: (spearman([r.proxies[p] for r in rows], drops) if len(rows) > 1 else float("nan"))
-                    for p in PROXIES}
+    pruned = [r for r in rows if r.action == "prune"]
+    drops = [r.drop for r in pruned]
+    correlations = {p: spearman([r.proxies[p] for r in pruned], drops) for p in PROXIES} if len(pruned) > 1 else {}
     return SensitivityReport(model.name, metric_name, baseline, len(np.asarray(y)), tuple(rows), correlations)
 
 
-def _check_sparsities(api, sparsities):
+def _check_levels(api, name, levels):
+    if isinstance(levels, (str, bytes)):
+        raise TypeError(f"{api}: {name} must be a list of numbers in (0, 1), got {describe(levels)}.")
     try:
-        levels = list(sparsities)
+        levels = list(levels)
     except TypeError:
-        raise TypeError(f"{api}: sparsities must be a list of numbers in (0, 1), got {describe(sparsities)}.") from None
-    if not levels:
-        raise ValueError(f"{api}: sparsities must not be empty.")
-    for s in levels:
-        if isinstance(s, bool) or not isinstance(s, (int, float)):
-            raise TypeError(f"{api}: sparsities must be numbers in (0, 1), got {describe(s)}.")
-        if not 0 < s < 1:
-            raise ValueError(f"{api}: sparsities must be numbers in (0, 1), got {s!r}.")
-    return sorted(set(float(s) for s in levels))
+        raise TypeError(f"{api}: {name} must be a list of numbers in (0, 1), got {describe(levels)}.") from None
+    for level in levels:
+        if isinstance(level, bool) or not isinstance(level, (int, float)):
+            raise TypeError(f"{api}: {name} must be numbers in (0, 1), got {describe(level)}.")
+        if not 0 < level < 1:
+            raise ValueError(f"{api}: {name} must be numbers in (0, 1), got {level!r}.")
+    return sorted(set(float(level) for level in levels))
+
+
+def _shrinkable_groups(model, candidates):
+    """The prunable dependency groups with a producer among the candidate
+    layers, in model order."""
+    names = {layer.name for layer, _ in candidates}
+    return [g for g in dependency_groups(model) if g.prunable and g.size > 1 and set(g.producers) & names]
 
 
 def _loss(api, model, loss):
