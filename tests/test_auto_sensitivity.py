@@ -175,3 +175,33 @@ def test_structured_rows_match_shrinking_each_group_by_hand(trained):
         assert row.metric == pytest.approx(accuracy)
         assert row.weights_removed == model.count_params() - small.count_params() > 0
     assert "Drop when one group alone loses a fraction of its units (L1 norm):" in report.table()
+
+
+def test_measured_bytes_are_the_candidates_own_files_and_add_up(trained):
+    """bytes: each candidate converted as to_tflite would (int8, sparse
+    encoding when smaller); predict_bytes adds the measured changes, checked
+    against converting two candidates applied together."""
+    import keras_compress as kc
+
+    model, x, y = trained
+    report = sensitivity_analysis(model, (x, y), sparsities=(0.9,), fractions=(0.5,), layers=["conv_b", "dense_a"],
+                                  measure_bytes=True, verbose=False)
+    convert = dict(quantization="int8", representative_data=x[:200], calibration_steps=200)
+    assert report.base_bytes == len(kc.to_tflite(model, **convert))
+    small = kc.pruning.shrink(model, {"dense_a": 0.5}, criterion="l1")
+    assert report.row("dense_a", 0.5, "shrink").bytes == len(kc.to_tflite(small, **convert))
+    # Two prunings together, by hand.
+    both = keras.models.clone_model(model)
+    both.set_weights(model.get_weights())
+    for name in ("conv_b", "dense_a"):
+        kernel = value(both.get_layer(name).kernel)
+        cut = np.sort(np.abs(kernel).reshape(-1))[round(0.9 * kernel.size) - 1]
+        both.get_layer(name).kernel.assign(np.where(np.abs(kernel) <= cut, 0, kernel))
+    measured = len(kc.to_tflite(both, **convert))
+    predicted = report.predict_bytes({"conv_b": ("prune", 0.9), "dense_a": ("prune", 0.9)})
+    assert abs(predicted - measured) <= 0.01 * measured, (predicted, measured)
+    assert report.predict_bytes({}) == report.base_bytes  # nothing pruned: the dense file, as to_tflite keeps
+    assert report.predict_bytes({"dense_a": ("shrink", 0.5)}) == report.row("dense_a", 0.5, "shrink").bytes
+    with pytest.raises(ValueError, match="predict_bytes needs a report made with measure_bytes=True"):
+        sensitivity_analysis(model, (x, y), sparsities=(0.5,), fractions=(), layers=["logits"],
+                             verbose=False).predict_bytes({})

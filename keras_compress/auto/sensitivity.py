@@ -30,7 +30,9 @@ from keras_compress import _data, _models
 from keras_compress.pruning.criteria import magnitude
 from keras_compress.pruning.structured import dependency_groups, shrink
 from keras_compress.pruning.wrapper import prunable_weights, why_not_prunable
-from tflite_bench.checks import check_int, describe
+from keras_compress.export import to_tflite
+from keras_compress.export.converter import SPARSE_AUTO_MIN_SPARSITY, has_sparse_weights
+from tflite_bench.checks import check_bool, check_choice, check_int, describe
 from tflite_bench.progress import Progress
 
 PROXIES = ("magnitude", "fisher", "taylor")
@@ -50,7 +52,11 @@ class SensitivityRow:
     group's producers joined by "+"). `drop` is the baseline metric minus the
     metric measured after the change (positive: worse); `weights_removed` the
     weights it zeroes or removes, the cost a search trades against `drop`;
-    `proxies` maps each proxy to its predicted damage (pruning rows only)."""
+    `proxies` maps each proxy to its predicted damage (pruning rows only);
+    `bytes` the size of the candidate's converted `.tflite` (with
+    `measure_bytes=True`) as `to_tflite(sparse="auto")` makes it, and
+    `bytes_by_encoding` its sizes without and with the sparse weight
+    encoding (`{"dense": n, "sparse": n}`)."""
 
     layer: str
     action: str
@@ -59,6 +65,8 @@ class SensitivityRow:
     drop: float
     weights_removed: int
     proxies: dict
+    bytes: int = None
+    bytes_by_encoding: dict = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +79,27 @@ class SensitivityReport:
     samples: int
     rows: tuple
     correlations: dict
+    base_bytes: int = None
+    base_bytes_by_encoding: dict = None
+
+    def predict_bytes(self, choices):
+        """The file size predicted for several candidates applied together.
+
+        The sparse encoding is chosen for the whole file, so for each
+        encoding the unchanged model's bytes plus each chosen candidate's
+        measured change under that encoding, and the smaller of the two (as
+        `to_tflite(sparse="auto")` keeps). `choices` maps layer names (as in
+        `rows`) to `(action, amount)`. Needs `measure_bytes=True`."""
+        if self.base_bytes_by_encoding is None:
+            raise ValueError("predict_bytes needs a report made with measure_bytes=True.")
+        rows = [self.row(layer, amount, action) for layer, (action, amount) in choices.items()]
+        # to_tflite tries the encoding only when a weight is pruned enough.
+        sparse = any(r.action == "prune" and r.amount >= SPARSE_AUTO_MIN_SPARSITY for r in rows)
+        return min(
+            base + sum(r.bytes_by_encoding[encoding] - base for r in rows)
+            for encoding, base in self.base_bytes_by_encoding.items()
+            if sparse or encoding == "dense"
+        )
 
     def row(self, layer, amount, action="prune"):
         """The row of `layer` changed by `action` at `amount`."""
@@ -153,6 +182,8 @@ def sensitivity_analysis(
     batch_size=256,
     max_samples=2000,
     proxy_batches=8,
+    measure_bytes=False,
+    quantization="int8",
     verbose=True,
 ):
     """Measures how much each prunable layer's pruning costs, and how well
@@ -188,7 +219,12 @@ def sensitivity_analysis(
         max_samples: read at most this many samples of `data`.
         proxy_batches: batches of `batch_size` samples whose gradients the
             Fisher and Taylor proxies average.
-        verbose: show progress (one line per layer outside a terminal).
+        measure_bytes: also convert every candidate to a `.tflite` file
+            (`to_tflite` with `quantization`, calibrated on up to 200 samples
+            of `data` for "int8", without and with the sparse encoding) and
+            record its sizes, the cost a size budget reads;
+            `SensitivityReport.predict_bytes` adds them up.
+        quantization: the `to_tflite` mode for `measure_bytes`.
 
     Returns:
         A `SensitivityReport` (rows, baseline, correlations, `table()`).
@@ -205,6 +241,8 @@ def sensitivity_analysis(
     check_int(api, "batch_size", batch_size, minimum=1)
     check_int(api, "max_samples", max_samples, minimum=1)
     check_int(api, "proxy_batches", proxy_batches, minimum=1)
+    check_bool(api, "measure_bytes", measure_bytes)
+    check_choice(api, "quantization", quantization, ("float", "dynamic", "float16", "int8", "int16x8"))
     if metric is not None and not callable(metric):
         raise TypeError(f"{api}: metric must be None (accuracy) or a function (y_true, y_pred) -> float, got {describe(metric)}.")
     loss_fn = _loss(api, model, loss)
@@ -217,6 +255,19 @@ def sensitivity_analysis(
     score = metric or _accuracy
     metric_name = "accuracy" if metric is None else getattr(metric, "__name__", type(metric).__name__)
 
+    def file_bytes(target=model):
+        if not measure_bytes:
+            return None
+        options = {"quantization": None if quantization == "float" else quantization}
+        if quantization in ("int8", "int16x8"):
+            options.update(representative_data=arrays[0][:200] if len(arrays) == 1 else [a[:200] for a in arrays],
+                           calibration_steps=200)
+        sizes = {"dense": len(to_tflite(target, sparse=False, **options)),
+                 "sparse": len(to_tflite(target, sparse=True, **options))}
+        # What to_tflite(sparse="auto") gives: the smaller, when it tries both.
+        sizes["auto"] = min(sizes.values()) if has_sparse_weights(target) else sizes["dense"]
+        return sizes
+
     def evaluate(target=model):
         value = score(y, target.predict(x, batch_size=batch_size, verbose=0))
         if not isinstance(value, (int, float, np.floating)) or not math.isfinite(float(value)):
@@ -226,6 +277,7 @@ def sensitivity_analysis(
     originals = {id(w): np.array(keras.ops.convert_to_numpy(w)) for _, weights in candidates for w in weights}
     try:
         baseline = evaluate()
+        base_bytes = file_bytes()
         if levels:
             mean_grad, mean_sq = _gradient_moments(model, x, y, loss_fn, candidates, batch_size, proxy_batches)
         rows = []
@@ -239,12 +291,14 @@ def sensitivity_analysis(
                     w.assign(originals[id(w)] * mask)
                 try:
                     value = evaluate()
+                    size = file_bytes()
                 finally:
                     for w in weights:
                         w.assign(originals[id(w)])
                 proxies = _proxies(weights, masks, originals, mean_grad, mean_sq)
                 removed = int(sum((mask == 0).sum() for mask in masks))
-                rows.append(SensitivityRow(layer.name, "prune", sparsity, value, baseline - value, removed, proxies))
+                rows.append(SensitivityRow(layer.name, "prune", sparsity, value, baseline - value, removed, proxies,
+                                           _smallest(size), size))
             done += 1
             if progress is not None:
                 progress.update(done, layer.name)
@@ -253,8 +307,9 @@ def sensitivity_analysis(
                 small = shrink(model, {group.producers[0]: fraction}, criterion="l1")
                 value = evaluate(small)
                 removed = model.count_params() - small.count_params()
+                size = file_bytes(small)
                 rows.append(SensitivityRow("+".join(group.producers), "shrink", fraction, value,
-                                           baseline - value, int(removed), {}))
+                                           baseline - value, int(removed), {}, _smallest(size), size))
             done += 1
             if progress is not None:
                 progress.update(done, "+".join(group.producers))
@@ -265,7 +320,13 @@ def sensitivity_analysis(
     pruned = [r for r in rows if r.action == "prune"]
     drops = [r.drop for r in pruned]
     correlations = {p: spearman([r.proxies[p] for r in pruned], drops) for p in PROXIES} if len(pruned) > 1 else {}
-    return SensitivityReport(model.name, metric_name, baseline, len(np.asarray(y)), tuple(rows), correlations)
+    return SensitivityReport(model.name, metric_name, baseline, len(np.asarray(y)), tuple(rows), correlations,
+                             _smallest(base_bytes), base_bytes)
+
+
+def _smallest(sizes):
+    """The `to_tflite(sparse="auto")` size of `file_bytes`' sizes."""
+    return None if sizes is None else sizes.pop("auto")
 
 
 def _check_levels(api, name, levels):

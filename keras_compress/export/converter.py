@@ -245,7 +245,7 @@ def to_tflite(
             "input_keys": names["input_keys"],
             "batch_size": batch_size,
             "int8_io": int8_io,
-            "encodings": [True, False] if sparse == "auto" and _has_sparse_weights(model) else [sparse is True],
+            "encodings": [True, False] if sparse == "auto" and has_sparse_weights(model) else [sparse is True],
             "calibrate_only": bool(float_layers),
             "size_by": size_by,
         }
@@ -572,7 +572,9 @@ def _report_float_ops(flatbuffer, model, quantization, names, float_layers, cali
     warnings.warn(message, FloatOpsWarning, stacklevel=3)
 
 
-def _has_sparse_weights(model):
+def has_sparse_weights(model):
+    """Whether `to_tflite(sparse=\"auto\")` tries the sparse encoding for `model`:
+    some float weight of rank >= 2 is at least `SPARSE_AUTO_MIN_SPARSITY` zeros."""
     for w in model.weights:
         if len(w.shape) >= 2 and w.dtype.startswith("float"):
             value = w.numpy()  # convert_to_numpy warns about numpy 2's copy keyword
