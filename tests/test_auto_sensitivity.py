@@ -205,3 +205,11 @@ def test_measured_bytes_are_the_candidates_own_files_and_add_up(trained):
     with pytest.raises(ValueError, match="predict_bytes needs a report made with measure_bytes=True"):
         sensitivity_analysis(model, (x, y), sparsities=(0.5,), fractions=(), layers=["logits"],
                              verbose=False).predict_bytes({})
+
+
+def test_a_named_layer_without_structured_candidates_is_named_in_a_warning(trained):
+    model, x, y = trained
+    with pytest.warns(UserWarning, match=r"sensitivity_analysis: no structured candidates for logits \("):
+        report = sensitivity_analysis(model, (x, y), sparsities=(0.5,), fractions=(0.5,), layers=["logits"],
+                                      verbose=False)
+    assert report.layers("shrink") == [] and report.layers() == ["logits"]

@@ -126,27 +126,33 @@ def greedy_plan_for_bytes(report, max_bytes):
     _check(report, max_bytes, 1)
     options = _options(report)
     chosen = {}
-    while report.predict_bytes({k: (r.action, r.amount) for k, r in chosen.items()}) > max_bytes:
-        current = report.predict_bytes({k: (r.action, r.amount) for k, r in chosen.items()})
-        current_drop = sum(r.drop for r in chosen.values())
-        best, best_rate = None, -math.inf
+    current = report.predict_bytes({})
+    while current > max_bytes:
+        best, best_rate, best_bytes = None, -math.inf, None
         for key, rows in options.items():
             for row in rows:
                 trial = {**chosen, key: row}
-                saved = current - report.predict_bytes({k: (r.action, r.amount) for k, r in trial.items()})
-                if saved <= 0:
+                size = report.predict_bytes(_choices(trial))
+                if size >= current:
                     continue
-                cost = max(sum(r.drop for r in trial.values()) - current_drop, 1e-6)
-                if saved / cost > best_rate:
-                    best, best_rate = (key, row), saved / cost
+                # drop added (replacing the layer's earlier choice, if any)
+                cost = max(row.drop - (chosen[key].drop if key in chosen else 0.0), 1e-6)
+                if (current - size) / cost > best_rate:
+                    best, best_rate, best_bytes = (key, row), (current - size) / cost, size
         if best is None:
             break
         chosen[best[0]] = best[1]
+        current = best_bytes
     return _plan(report, chosen, max_bytes)
 
 
+def _choices(rows):
+    """`{key: (action, amount)}` of `{key: row}`."""
+    return {key: (row.action, row.amount) for key, row in rows.items()}
+
+
 def _plan(report, rows, max_bytes):
-    choices = {key: (row.action, row.amount) for key, row in rows.items()}
+    choices = _choices(rows)
     return Plan(choices, report.predict_bytes(choices), float(sum(r.drop for r in rows.values())), max_bytes)
 
 

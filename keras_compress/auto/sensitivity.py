@@ -22,6 +22,7 @@ candidates by the proxy instead of measuring each one.
 import dataclasses
 import json
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -257,7 +258,7 @@ def sensitivity_analysis(
 
     def file_bytes(target=model):
         if not measure_bytes:
-            return None
+            return None, None
         options = {"quantization": None if quantization == "float" else quantization}
         if quantization in ("int8", "int16x8"):
             options.update(representative_data=arrays[0][:200] if len(arrays) == 1 else [a[:200] for a in arrays],
@@ -265,8 +266,7 @@ def sensitivity_analysis(
         sizes = {"dense": len(to_tflite(target, sparse=False, **options)),
                  "sparse": len(to_tflite(target, sparse=True, **options))}
         # What to_tflite(sparse="auto") gives: the smaller, when it tries both.
-        sizes["auto"] = min(sizes.values()) if has_sparse_weights(target) else sizes["dense"]
-        return sizes
+        return (min(sizes.values()) if has_sparse_weights(target) else sizes["dense"]), sizes
 
     def evaluate(target=model):
         value = score(y, target.predict(x, batch_size=batch_size, verbose=0))
@@ -277,11 +277,11 @@ def sensitivity_analysis(
     originals = {id(w): np.array(keras.ops.convert_to_numpy(w)) for _, weights in candidates for w in weights}
     try:
         baseline = evaluate()
-        base_bytes = file_bytes()
+        base_bytes, base_sizes = file_bytes()
         if levels:
             mean_grad, mean_sq = _gradient_moments(model, x, y, loss_fn, candidates, batch_size, proxy_batches)
         rows = []
-        groups = _shrinkable_groups(model, candidates) if removals else []
+        groups = _shrinkable_groups(api, model, candidates, layers) if removals else []
         progress = Progress(len(candidates) + len(groups), unit="candidate layer") if verbose else None
         done = 0
         for layer, weights in candidates:
@@ -291,14 +291,14 @@ def sensitivity_analysis(
                     w.assign(originals[id(w)] * mask)
                 try:
                     value = evaluate()
-                    size = file_bytes()
+                    size, sizes = file_bytes()
                 finally:
                     for w in weights:
                         w.assign(originals[id(w)])
                 proxies = _proxies(weights, masks, originals, mean_grad, mean_sq)
                 removed = int(sum((mask == 0).sum() for mask in masks))
                 rows.append(SensitivityRow(layer.name, "prune", sparsity, value, baseline - value, removed, proxies,
-                                           _smallest(size), size))
+                                           size, sizes))
             done += 1
             if progress is not None:
                 progress.update(done, layer.name)
@@ -307,9 +307,9 @@ def sensitivity_analysis(
                 small = shrink(model, {group.producers[0]: fraction}, criterion="l1")
                 value = evaluate(small)
                 removed = model.count_params() - small.count_params()
-                size = file_bytes(small)
+                size, sizes = file_bytes(small)
                 rows.append(SensitivityRow("+".join(group.producers), "shrink", fraction, value,
-                                           baseline - value, int(removed), {}, _smallest(size), size))
+                                           baseline - value, int(removed), {}, size, sizes))
             done += 1
             if progress is not None:
                 progress.update(done, "+".join(group.producers))
@@ -321,12 +321,7 @@ def sensitivity_analysis(
     drops = [r.drop for r in pruned]
     correlations = {p: spearman([r.proxies[p] for r in pruned], drops) for p in PROXIES} if len(pruned) > 1 else {}
     return SensitivityReport(model.name, metric_name, baseline, len(np.asarray(y)), tuple(rows), correlations,
-                             _smallest(base_bytes), base_bytes)
-
-
-def _smallest(sizes):
-    """The `to_tflite(sparse="auto")` size of `file_bytes`' sizes."""
-    return None if sizes is None else sizes.pop("auto")
+                             base_bytes, base_sizes)
 
 
 def _check_levels(api, name, levels):
@@ -344,11 +339,21 @@ def _check_levels(api, name, levels):
     return sorted(set(float(level) for level in levels))
 
 
-def _shrinkable_groups(model, candidates):
+def _shrinkable_groups(api, model, candidates, named):
     """The prunable dependency groups with a producer among the candidate
-    layers, in model order."""
+    layers, in model order. A layer the caller named whose group cannot be
+    shrunk is named in a warning, with the reason."""
     names = {layer.name for layer, _ in candidates}
-    return [g for g in dependency_groups(model) if g.prunable and g.size > 1 and set(g.producers) & names]
+    groups = [g for g in dependency_groups(model) if set(g.producers) & names]
+    left_out = [g for g in groups if not g.prunable or g.size < 2]
+    if named is not None and left_out:
+        warnings.warn(
+            f"{api}: no structured candidates for "
+            + "; ".join(f"{'+'.join(g.producers)} ({g.reason or 'a single unit'})" for g in left_out)
+            + ".",
+            stacklevel=3,
+        )
+    return [g for g in groups if g not in left_out]
 
 
 def _loss(api, model, loss):

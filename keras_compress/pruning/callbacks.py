@@ -207,16 +207,21 @@ class UpdatePruningStep(_StepTracking):
             return
         self._checked_reach = True
         last = self._step + steps * (epochs - epoch) - 1
-        by_schedule = []  # one warning per distinct schedule, naming all its layers
+        for schedule, names in self._layers_by_schedule():
+            self._warn_if_unreachable(schedule, names, last)
+
+    def _layers_by_schedule(self):
+        """`[(schedule, [layer names])]`, one entry per distinct schedule, so
+        that a warning names every layer a schedule drives."""
+        found = []
         for schedule, wrappers, _ in self._groups:
-            for known, names in by_schedule:
+            for known, names in found:
                 if known == schedule:
                     names.extend(w.name for w in wrappers)
                     break
             else:
-                by_schedule.append((schedule, [w.name for w in wrappers]))
-        for schedule, names in by_schedule:
-            self._warn_if_unreachable(schedule, names, last)
+                found.append((schedule, [w.name for w in wrappers]))
+        return found
 
     def _warn_if_unreachable(self, schedule, layer_names, last_step):
         first = self._step
@@ -252,19 +257,11 @@ class UpdatePruningStep(_StepTracking):
         # count the steps that trained.
         last_step = self._epoch_start + self._last_batch + self._steps_per_call() - 1
         trained = int(self._wrappers[0].pruning_step.numpy())
-        short = []  # (schedule, names, reached)
-        for schedule, wrappers, _ in self._groups:
+        for schedule, names in self._layers_by_schedule():
             steps = schedule.pruning_steps(0, last_step)
             reached = schedule.sparsity(steps[-1]) if len(steps) else 0.0
             if _reaches(schedule, reached):
                 continue
-            for known, names, _ in short:
-                if known == schedule:
-                    names.extend(w.name for w in wrappers)
-                    break
-            else:
-                short.append((schedule, [w.name for w in wrappers], reached))
-        for schedule, names, reached in short:
             self._warned = True
             warnings.warn(
                 f"UpdatePruningStep: the fit ended after {trained} training steps with "

@@ -523,10 +523,9 @@ class _Quantizer:
         a quarter as much on the pooled tensor, at every training step. The
         gradient reaches each window's largest value, not the first of the
         values quantization made equal."""
-        own = getattr(layer, "activation", None)
-        if own is None or own_activation(layer) not in ("relu", "relu6"):
-            return False
-        return isinstance(self._single_user(node, consumers), _MAX_POOLING)
+        return own_activation(layer) in ("relu", "relu6") and isinstance(
+            self._single_user(node, consumers), _MAX_POOLING
+        )
 
     def _single_user(self, node, consumers):
         """The layer or op that alone reads `node`'s single output, if it is
