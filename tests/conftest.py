@@ -35,6 +35,16 @@ def toy_data(n=64, shape=(12, 12, 1), classes=3, seed=0):
     return x, y
 
 
+def trained_small_cnn(seed, samples, epochs=3):
+    """`small_cnn` fitted on `toy_data(samples)` for `epochs` after seeding
+    with `seed`, so its logits are not near ties: `(model, x, y)`."""
+    keras.utils.set_random_seed(seed)
+    x, y = toy_data(samples)
+    model = compile_for_test(small_cnn())
+    model.fit(x, y, epochs=epochs, verbose=0)
+    return model, x, y
+
+
 def compile_for_test(model, optimizer="adam"):
     model.compile(
         optimizer=optimizer,

@@ -4,11 +4,10 @@ on a real model."""
 
 import itertools
 
-import keras
 import numpy as np
 import pytest
 
-from conftest import assert_unchanged, compile_for_test, small_cnn, snapshot, toy_data, value
+from conftest import assert_unchanged, small_cnn, snapshot, trained_small_cnn, value
 from keras_compress.auto import (
     Plan,
     SensitivityReport,
@@ -105,10 +104,7 @@ def test_bad_arguments():
 
 @pytest.fixture(scope="module")
 def trained():
-    keras.utils.set_random_seed(5)
-    x, y = toy_data(256)
-    model = compile_for_test(small_cnn())
-    model.fit(x, y, epochs=3, verbose=0)
+    model, x, y = trained_small_cnn(5, 256, epochs=3)
     return model, x, y
 
 

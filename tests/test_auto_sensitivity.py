@@ -6,16 +6,13 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import assert_unchanged, compile_for_test, small_cnn, snapshot, toy_data, value
+from conftest import assert_unchanged, snapshot, trained_small_cnn, value
 from keras_compress.auto import PROXIES, sensitivity_analysis, spearman
 
 
 @pytest.fixture(scope="module")
 def trained():
-    keras.utils.set_random_seed(3)
-    x, y = toy_data(256)
-    model = compile_for_test(small_cnn())
-    model.fit(x, y, epochs=4, verbose=0)
+    model, x, y = trained_small_cnn(3, 256, epochs=4)
     return model, x, y
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from architectures import argmax_agreement, synthetic_data, train_briefly, transformer_block
-from conftest import assert_unchanged, compile_for_test, small_cnn, snapshot, toy_data
+from conftest import trained_small_cnn, assert_unchanged, compile_for_test, small_cnn, snapshot, toy_data
 
 from keras_compress import inspect_tflite, predict_tflite, quantization, to_tflite
 from keras_compress.export import FloatOpsWarning, converter, layer_candidates
@@ -204,10 +204,7 @@ def test_quantization_aware_models_convert_to_int8_by_default():
 
 @pytest.fixture(scope="module")
 def trained_cnn():
-    keras.utils.set_random_seed(0)
-    x, y = toy_data(96)
-    model = compile_for_test(small_cnn())
-    model.fit(x, y, epochs=3, verbose=0)
+    model, x, y = trained_small_cnn(0, 96, epochs=3)
     return model, x
 
 

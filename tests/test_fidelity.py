@@ -11,7 +11,7 @@ from ai_edge_litert.tools import flatbuffer_utils
 
 import keras_compress as kc
 from architectures import frozen_backbone, synthetic_data, two_in_two_out
-from conftest import assert_unchanged, compile_for_test, small_cnn, snapshot, toy_data, value
+from conftest import assert_unchanged, compile_for_test, snapshot, trained_small_cnn, value
 from keras_compress import quantization
 from keras_compress._models import walk_layers
 from keras_compress.export.fidelity import MAX_SNR_DB, FidelityReport, fidelity_metrics, fidelity_report
@@ -22,10 +22,7 @@ L = keras.layers
 @pytest.fixture(scope="module")
 def cnn():
     """The conftest CNN trained a little, its data, and its int8 file."""
-    keras.utils.set_random_seed(7)
-    x, y = toy_data(256)
-    model = compile_for_test(small_cnn())
-    model.fit(x, y, epochs=3, verbose=0)
+    model, x, y = trained_small_cnn(7, 256, epochs=3)
     return model, x, y, kc.to_tflite(model, quantization="int8", representative_data=x)
 
 

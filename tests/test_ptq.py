@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.tools import flatbuffer_utils
-from conftest import assert_unchanged, compile_for_test, small_cnn, snapshot, toy_data
+from conftest import assert_unchanged, small_cnn, snapshot, toy_data, trained_small_cnn
 
 from keras_compress import inspect_tflite, predict_tflite, to_tflite
 from keras_compress.export import TFLiteInfo, converter
@@ -24,10 +24,7 @@ MODES = {
 @pytest.fixture(scope="module")
 def trained():
     """A small CNN fitted for a few epochs, so its logits are not near ties."""
-    keras.utils.set_random_seed(0)
-    x, y = toy_data(128)
-    model = compile_for_test(small_cnn())
-    model.fit(x, y, epochs=3, verbose=0)
+    model, x, y = trained_small_cnn(0, 128, epochs=3)
     return model, x, y
 
 
