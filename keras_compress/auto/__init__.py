@@ -1,21 +1,28 @@
-"""Auto-compression (issue 15, in progress): the measurements a search for
-the smallest or fastest model within an accuracy budget is built on.
+"""Auto-compression: give a budget, get the smallest or fastest model that
+keeps its accuracy, measured on the `.tflite` file.
 
-Available so far:
+```python
+result = kc.auto.auto_compress(model, (x_train, y_train), (x_val, y_val),
+                               max_bytes=9_000, max_drop=0.005)
+result.save("auto")          # model.keras, model.tflite, report.md/.json, pareto.png
+```
 
-- `sensitivity_analysis`: for each prunable layer and each sparsity level,
-  the held-out metric drop measured by pruning that layer alone, beside three
-  cheap proxies of it (weight magnitude, the Fisher / OBD diagonal, first-order
-  Taylor) and each proxy's rank correlation with the measured drops; and for
-  each dependency group and removal fraction, the drop measured after
-  removing that fraction of its units (structured), with the weights each
-  candidate removes, and its measured `.tflite` bytes;
-- `plan_for_bytes`: the per-layer choice of candidates with the smallest
-  predicted drop whose predicted file fits a byte budget (an exact
-  multiple-choice knapsack; `greedy_plan_for_bytes` beside it), and
-  `apply_plan` to make that model.
+- `auto_compress`: the search (sensitivity, measured cost models,
+  allocation with screening, distillation recovery, verification on the
+  file, uniform baselines); returns an `AutoResult`.
+- `sensitivity_analysis`: for each prunable layer and sparsity, and each
+  dependency group and removal fraction, the measured held-out drop, beside
+  the magnitude / Fisher (OBD) / Taylor proxies and their rank correlations.
+- `StructureCosts`, `LinearCost`: exact parameter and MAC counts of a plan,
+  and the bytes / latency models fitted on converted files.
+- `plan_for_bytes` / `greedy_plan_for_bytes` / `apply_plan`: per-layer
+  allocation of measured candidates to a byte budget (exact knapsack).
 """
 
+
+from keras_compress.auto.search import auto_compress
+from keras_compress.auto.result import AutoResult, Candidate
+from keras_compress.auto.costs import LinearCost, StructureCosts
 from keras_compress.auto.allocation import Plan, apply_plan, greedy_plan_for_bytes, plan_for_bytes
 from keras_compress.auto.sensitivity import (
     ACTIONS,
@@ -26,4 +33,4 @@ from keras_compress.auto.sensitivity import (
     spearman,
 )
 
-__all__ = ["ACTIONS", "PROXIES", "Plan", "apply_plan", "greedy_plan_for_bytes", "plan_for_bytes", "SensitivityReport", "SensitivityRow", "sensitivity_analysis", "spearman"]
+__all__ = ["AutoResult", "Candidate", "LinearCost", "StructureCosts", "auto_compress", "ACTIONS", "PROXIES", "Plan", "apply_plan", "greedy_plan_for_bytes", "plan_for_bytes", "SensitivityReport", "SensitivityRow", "sensitivity_analysis", "spearman"]
