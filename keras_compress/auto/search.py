@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
 CALIBRATION_FRACTIONS = (0.0, 0.25, 0.5, 0.625, 0.75, 0.875)
 EXHAUSTIVE_LIMIT = 20000
+LATENCY_SECONDS = 0.6  # invoke time per latency measurement, over LATENCY_REPEATS timings
+LATENCY_REPEATS = 3
 QUANTIZATIONS = ("int8", "int16x8", "float16", "dynamic", "float")
 SPARSE_RELAX = 1.4  # the structured target of the sparsity round, times the byte budget
 UNIFORM_SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
@@ -599,7 +601,7 @@ class _Run:
         value = float(self.score(self.valid[1], predictions))
         if not math.isfinite(value):
             raise ValueError(f"{self.api}: metric returned {value} for {name}.")
-        timing = measure_latency(flatbuffer, threads=self.budget["threads"], warmup=20, runs=200)
+        timing = self.latency(flatbuffer)
         counts = model_counts(model)
         candidate = Candidate(
             name=name, kind=kind, plan=dict(plan), quantization=quantization,
@@ -611,6 +613,18 @@ class _Run:
         )
         self.models[name] = (model, flatbuffer)
         return candidate
+
+    def latency(self, flatbuffer):
+        """p50, min and p90 over about `LATENCY_SECONDS` of invokes in
+        `LATENCY_REPEATS` separate timings (the median of their p50s): a
+        microsecond model gets thousands of runs, a large one at least 30."""
+        threads = self.budget["threads"]
+        probe = measure_latency(flatbuffer, threads=threads, warmup=5, runs=10)["p50_ms"]
+        runs = int(min(5000, max(30, LATENCY_SECONDS / LATENCY_REPEATS / max(probe, 1e-6) * 1e3)))
+        timings = [measure_latency(flatbuffer, threads=threads, warmup=max(10, runs // 10), runs=runs)
+                   for _ in range(LATENCY_REPEATS)]
+        return {"p50_ms": float(np.median([t["p50_ms"] for t in timings])),
+                "min_ms": min(t["min_ms"] for t in timings), "p90_ms": float(np.median([t["p90_ms"] for t in timings]))}
 
     def size(self, candidate):
         return candidate.gzip_bytes if self.budget["size_by"] == "gzip" else candidate.bytes
@@ -638,7 +652,7 @@ class _Run:
             structure = costs.counts(counts)
             points["bytes"].append((structure, size))
             if "latency_ms" in self.budget["resources"]:
-                timing = measure_latency(flatbuffer, threads=self.budget["threads"], warmup=20, runs=200)
+                timing = self.latency(flatbuffer)
                 points["latency_ms"].append((structure, timing["p50_ms"]))
         fits = {"bytes": fit_linear("bytes", ("params", "units"), points["bytes"])}
         if points["latency_ms"]:
@@ -657,7 +671,7 @@ class _Run:
         smallest = shrink(self.model, {g.producers[0].name: n / g.size for g, n in zip(costs.groups, counts)},
                           criterion="l1") if any(counts) else keras.models.clone_model(self.model)
         flatbuffer = self.convert(smallest)
-        reached = {"latency_ms": measure_latency(flatbuffer, threads=self.budget["threads"], runs=200)["p50_ms"],
+        reached = {"latency_ms": self.latency(flatbuffer)["p50_ms"],
                    "macs": costs.counts(counts)["macs"]}
         if "bytes" in self.budget["resources"]:
             sparse = keras.models.clone_model(smallest)
