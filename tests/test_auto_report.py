@@ -62,8 +62,12 @@ def make_result(latency=True, with_sensitivity=True):
         budget={"max_bytes": 10_000, "size_by": "raw", "max_latency_ms": 0.4 if latency else None, "threads": 1,
                 "max_macs": None, "max_drop": 0.005, "metric": None},
         reference=reference, candidates=candidates, sensitivity=sensitivity() if with_sensitivity else None,
-        cost_models={"bytes": {"points": 12, "max_relative_error": 0.0123},
-                     "latency_ms": {"points": 8, "max_relative_error": 0.1}},
+        cost_models={"bytes": {"resource": "bytes", "features": ["params", "units"], "coefficients": [4000.0, 1.0, 27.0],
+                               "points": 12, "max_relative_error": 0.0123},
+                     "latency_ms": {"resource": "latency_ms", "features": ["macs", "activations"],
+                                    "coefficients": [0.004, 2e-9, 0.0], "points": 8, "max_relative_error": 0.1},
+                     "search": {"method": "exhaustive", "combinations": 512, "exhaustive_predicted_drop": 0.4,
+                                "greedy_predicted_drop": 0.5}},
         seconds={"sensitivity": 12.34, "cost_model": 3.0, "search": 100.0, "baselines": 40.0, "total": 155.34},
     )
 
@@ -90,7 +94,9 @@ def test_markdown_has_the_figures():
     assert "| 5 | uniform structured 50% | uniform-structured | 8,000 | 0.150 (0.135–0.180) |" in text
     assert "yes" in text and "too lossy" in text
     # Cost models, predictions, timings, sensitivity.
-    assert "| bytes | 12 | 1.23% |" in text and "| latency_ms | 8 | 10.00% |" in text
+    assert "| bytes | 12 converted files | 4000 + 1 x params + 27 x units | 1.23% |" in text
+    assert "| latency_ms | 8 converted files | 0.004 + 2e-09 x macs | 10.00% |" in text  # a zero slope is left out
+    assert "exhaustive over 512 combinations" in text and "+40.00 pts (exhaustive) against +50.00 pts (greedy)" in text
     assert "9,000 / 9,100" in text
     assert "| search | 100.0 |" in text and "| total | 155.3 |" in text
     assert result.sensitivity.table().split("\n\nSpearman")[0] in text and "+nan" not in text

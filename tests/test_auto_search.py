@@ -133,6 +133,8 @@ def trained():
         ({"max_bytes": 5000, "search": "random"}, ValueError, "search"),
         ({"max_bytes": 5000, "quantization": "int4"}, ValueError, "quantization"),
         ({"max_latency_ms": -1.0}, ValueError, "max_latency_ms"),
+        ({"max_latency_ms": 1.0, "runtime": "gpu"}, ValueError, "runtime"),
+        ({"max_latency_ms": 1.0, "latency_fn": 3}, TypeError, "latency_fn"),
     ],
 )
 def test_bad_arguments_are_refused_and_nothing_changes(trained, kwargs, error, words):
@@ -206,3 +208,18 @@ def test_search_meets_a_byte_budget_on_the_real_file(trained, tmp_path):
     loaded = keras.models.load_model(tmp_path / "auto" / "model.keras")
     np.testing.assert_allclose(loaded.predict(xv, verbose=0), keras_logits, atol=1e-5)
     assert math.isfinite(result.seconds["total"])
+
+
+def test_latency_comes_from_latency_fn_when_given(trained):
+    """A device timing function replaces this machine's: the impossible-budget
+    message reports the latency it returned (here: 1 ms per 1,000 bytes)."""
+    model, x, y = trained
+    seen = []
+
+    def device(flatbuffer):
+        seen.append(len(flatbuffer))
+        return len(flatbuffer) / 1000
+
+    with pytest.raises(ValueError, match=r"measures p50 (\d+\.\d+) ms") as error:
+        auto_compress(model, (x, y), max_latency_ms=0.001, latency_fn=device, verbose=False)
+    assert seen and f"p50 {seen[-1] / 1000:.4f} ms" in str(error.value)

@@ -166,16 +166,26 @@ def to_markdown(result, plot=None):
 
     # Cost models.
     lines += ["## Cost models", ""]
-    if result.cost_models:
-        keys = list(dict.fromkeys(k for v in result.cost_models.values() if isinstance(v, dict) for k in v))
-        lines += ["| resource | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
-                  "|---|" + "---:|" * len(keys)]
-        for resource, validation in result.cost_models.items():
-            validation = validation if isinstance(validation, dict) else {"value": validation}
-            cells = [_cost_cell(k, validation.get(k)) for k in keys]
-            lines.append(f"| {resource} | " + " | ".join(cells) + " |")
+    models = {k: v for k, v in (result.cost_models or {}).items() if isinstance(v, dict) and "features" in v}
+    if models:
+        lines += ["| resource | fitted on | formula | leave-one-out error (largest) |", "|---|---:|---|---:|"]
+        for resource, fit in models.items():
+            coefficients = fit.get("coefficients") or []
+            terms = [f"{coefficients[0]:.4g}"] if coefficients else []
+            terms += [f"{c:.4g} x {f}" for c, f in zip(coefficients[1:], fit.get("features", [])) if c]
+            lines.append(f"| {resource} | {fit.get('points', '-')} converted files | {' + '.join(terms)} "
+                         f"| {_cost_cell('error', fit.get('max_relative_error'))} |")
+        lines.append("")
+        lines.append("MACs and parameters are counted exactly from the layers' shapes; no fit.")
     else:
         lines.append("No cost model was validated.")
+    search = (result.cost_models or {}).get("search")
+    if isinstance(search, dict) and search:
+        text = f"Allocation: {search.get('method', '?')} over {search.get('combinations', '?')} combinations"
+        if "exhaustive_predicted_drop" in search:
+            text += (f"; predicted drop of the best plan {_fmt_drop(result, search['exhaustive_predicted_drop'])} "
+                     f"(exhaustive) against {_fmt_drop(result, search['greedy_predicted_drop'])} (greedy)")
+        lines += ["", text + "."]
     predicted = [(i, c) for i, c in enumerate(result.candidates, 1) if c.predicted]
     if predicted:
         fields = [f for f in ("bytes", "latency_ms", "macs", "drop") if any(f in c.predicted for _, c in predicted)]

@@ -36,6 +36,7 @@ The search, in the order it runs:
 The model passed in is never modified.
 """
 
+import functools
 import gzip
 import itertools
 import logging
@@ -57,6 +58,7 @@ from keras_compress.pruning import ConstantSparsity, UpdatePruningStep, prune_lo
 from keras_compress.pruning.structured import shrink
 from tflite_bench.checks import check_bool, check_choice, check_int, check_number, describe
 from tflite_bench.latency import measure_latency
+from tflite_bench.runtime import RUNTIMES
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,25 @@ UNIFORM_SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 MARGIN = {"bytes": 0.99, "latency_ms": 0.92, "macs": 1.0}
 
 
+def _quiet_retracing(function):
+    """Keeps TensorFlow's "triggered tf.function retracing" warnings out of
+    the search's output: every candidate is a new model with new traced
+    functions, by design."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        tf_logger = logging.getLogger("tensorflow")
+        level = tf_logger.level
+        tf_logger.setLevel(max(level, logging.ERROR))
+        try:
+            return function(*args, **kwargs)
+        finally:
+            tf_logger.setLevel(level)
+
+    return wrapper
+
+
+@_quiet_retracing
 def auto_compress(
     model,
     data,
@@ -81,6 +102,8 @@ def auto_compress(
     size_by="raw",
     max_latency_ms=None,
     threads=1,
+    runtime="interpreter",
+    latency_fn=None,
     max_macs=None,
     max_drop=0.005,
     metric=None,
@@ -116,6 +139,12 @@ def auto_compress(
             milliseconds, in the LiteRT interpreter on this machine with
             `threads` threads.
         threads: interpreter threads for latency.
+        runtime: the LiteRT runtime timed on this machine: "interpreter"
+            or "compiled" (`tflite_bench.latency.measure_latency`).
+        latency_fn: instead, a function `flatbuffer bytes -> p50 ms` that
+            times a file where it will run, for example on a phone through
+            `tflite_bench.android.run_on_device` (every latency of the search,
+            calibration included, then comes from it).
         max_macs: the largest multiply-accumulate count of one inference.
         max_drop: the largest metric drop allowed against the original
             model's float file, in the metric's units (0.005 = half a point
@@ -162,6 +191,10 @@ def auto_compress(
                          "use kc.pruning and kc.quantization by hand.")
     budget = _check_budget(api, max_bytes, size_by, max_latency_ms, threads, max_macs, max_drop)
     check_choice(api, "quantization", quantization, QUANTIZATIONS)
+    check_choice(api, "runtime", runtime, RUNTIMES)
+    if latency_fn is not None and not callable(latency_fn):
+        raise TypeError(f"{api}: latency_fn must be None or a function (flatbuffer bytes) -> p50 ms, "
+                        f"got {describe(latency_fn)}.")
     check_int(api, "epochs", epochs, minimum=1)
     check_int(api, "batch_size", batch_size, minimum=1)
     check_number(api, "learning_rate", learning_rate, minimum=0, inclusive=(False, True))
@@ -185,7 +218,7 @@ def auto_compress(
                          + ". Use kc.quantization or kc.pruning by hand.")
     budget["metric"] = "accuracy" if metric is None else getattr(metric, "__name__", "metric")
     run = _Run(api, model, train, valid, budget, metric, loss_fn, epochs, batch_size, learning_rate, seed, verbose)
-    run.quantization = quantization
+    run.quantization, run.runtime, run.latency_fn = quantization, runtime, latency_fn
     seconds = {}
 
     # 1. Reference files.
@@ -618,10 +651,17 @@ class _Run:
         """p50, min and p90 over about `LATENCY_SECONDS` of invokes in
         `LATENCY_REPEATS` separate timings (the median of their p50s): a
         microsecond model gets thousands of runs, a large one at least 30."""
-        threads = self.budget["threads"]
-        probe = measure_latency(flatbuffer, threads=threads, warmup=5, runs=10)["p50_ms"]
+        if self.latency_fn is not None:
+            value = self.latency_fn(flatbuffer)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+                    or not math.isfinite(float(value)) or value <= 0:
+                raise ValueError(f"{self.api}: latency_fn must return a positive number of milliseconds, "
+                                 f"got {describe(value)}.")
+            return {"p50_ms": float(value), "min_ms": float(value), "p90_ms": float(value)}
+        threads, runtime = self.budget["threads"], self.runtime
+        probe = measure_latency(flatbuffer, threads=threads, warmup=5, runs=10, runtime=runtime)["p50_ms"]
         runs = int(min(5000, max(30, LATENCY_SECONDS / LATENCY_REPEATS / max(probe, 1e-6) * 1e3)))
-        timings = [measure_latency(flatbuffer, threads=threads, warmup=max(10, runs // 10), runs=runs)
+        timings = [measure_latency(flatbuffer, threads=threads, warmup=max(10, runs // 10), runs=runs, runtime=runtime)
                    for _ in range(LATENCY_REPEATS)]
         return {"p50_ms": float(np.median([t["p50_ms"] for t in timings])),
                 "min_ms": min(t["min_ms"] for t in timings), "p90_ms": float(np.median([t["p90_ms"] for t in timings]))}
