@@ -93,14 +93,14 @@ class _FakeCosts:
 
 def test_exhaustive_allocation_is_the_brute_force_optimum_and_greedy_is_not_better():
     rng = np.random.default_rng(1)
-    fits = {"bytes": fit_linear("bytes", ("params", "units"),
-                                [({"params": p, "units": 0}, 100 + 10 * p) for p in (16, 12, 8, 4)])}
+    fits = {"int8": {"bytes": fit_linear("bytes", ("params", "units"),
+                                         [({"params": p, "units": 0}, 100 + 10 * p) for p in (16, 12, 8, 4)])}}
     for _ in range(5):
         options = [[(0, 0.0, 0.0)] + [(n, n / 8, float(d)) for n, d in zip((2, 4, 6), np.sort(rng.random(3)))]
                    for _ in range(2)]
         allocator = _Allocator(_FakeCosts(), options, fits, {"resources": ("bytes",)})
         targets = {"bytes": 100 + 10 * 9}  # at most 9 of the 16 units may stay
-        counts, predicted = allocator.allocate(targets, "exhaustive")
+        _, counts, predicted = allocator.allocate(targets, "exhaustive")
         best = min(
             (sum(options[i][j][2] for i, j in enumerate(c)), c)
             for c in itertools.product(range(4), range(4))
@@ -108,7 +108,7 @@ def test_exhaustive_allocation_is_the_brute_force_optimum_and_greedy_is_not_bett
         )
         assert predicted["drop"] == pytest.approx(best[0])
         assert predicted["bytes"] <= targets["bytes"] + 1e-9
-        _, greedy = allocator.allocate(targets, "greedy")
+        _, _, greedy = allocator.allocate(targets, "greedy")
         assert greedy["drop"] >= predicted["drop"] - 1e-12
 
 
@@ -132,6 +132,8 @@ def trained():
         ({"max_bytes": 5000, "fractions": (0.5, 1.0)}, ValueError, "fractions"),
         ({"max_bytes": 5000, "search": "random"}, ValueError, "search"),
         ({"max_bytes": 5000, "quantization": "int4"}, ValueError, "quantization"),
+        ({"max_bytes": 5000, "quantization": ("int8", "int8")}, ValueError, "twice"),
+        ({"max_bytes": 5000, "quantization": 8}, TypeError, "quantization"),
         ({"max_latency_ms": -1.0}, ValueError, "max_latency_ms"),
         ({"max_latency_ms": 1.0, "runtime": "gpu"}, ValueError, "runtime"),
         ({"max_latency_ms": 1.0, "latency_fn": 3}, TypeError, "latency_fn"),
@@ -168,7 +170,7 @@ def test_uncompiled_model_needs_a_loss_and_multi_output_is_refused():
 def test_impossible_budget_names_the_smallest_reachable_file(trained):
     model, x, y = trained
     before = snapshot(model)
-    with pytest.raises(ValueError, match=r"cannot be reached: max_bytes=100\b.*smallest model.*measures [\d,]+ bytes"):
+    with pytest.raises(ValueError, match=r"cannot be reached: max_bytes=100\b.*smallest model.*measures int8: [\d,]+ bytes"):
         auto_compress(model, (x, y), max_bytes=100, verbose=False)
     assert_unchanged(model, before)
 
@@ -220,6 +222,26 @@ def test_latency_comes_from_latency_fn_when_given(trained):
         seen.append(len(flatbuffer))
         return len(flatbuffer) / 1000
 
-    with pytest.raises(ValueError, match=r"measures p50 (\d+\.\d+) ms") as error:
+    with pytest.raises(ValueError, match=r"measures int8: p50 (\d+\.\d+) ms") as error:
         auto_compress(model, (x, y), max_latency_ms=0.001, latency_fn=device, verbose=False)
     assert seen and f"p50 {seen[-1] / 1000:.4f} ms" in str(error.value)
+
+
+def test_modes_are_chosen_by_their_own_cost_models():
+    """With two modes, the allocator picks the one whose fitted bytes let the
+    plan with the smallest drop fit; the mode's own drop counts."""
+    options = [[(0, 0.0, 0.0), (4, 0.5, 0.10)], [(0, 0.0, 0.0), (4, 0.5, 0.20)]]
+    line = lambda slope: {"bytes": fit_linear("bytes", ("params", "units"),  # noqa: E731
+                                              [({"params": p, "units": 0}, slope * p) for p in (16, 12, 8, 4)])}
+    fits = {"int8": line(1.0), "float": line(4.0)}
+    allocator = _Allocator(_FakeCosts(), options, fits, {"resources": ("bytes",)}, {"int8": 0.01, "float": 0.0},
+                           ("int8", "float"))
+    # 16 units kept: int8 16 bytes, float 64 bytes. A 40-byte budget: int8 as it is (drop 0.01).
+    assert allocator.allocate({"bytes": 40}, "exhaustive")[:2] == ("int8", [0, 0])
+    # 100 bytes: float fits unchanged with no drop at all.
+    mode, counts, predicted = allocator.allocate({"bytes": 100}, "exhaustive")
+    assert (mode, counts, predicted["drop"]) == ("float", [0, 0], 0.0)
+    # 50 bytes: float must drop 4 units of the cheaper group (0.10), int8 costs 0.01: int8.
+    assert allocator.allocate({"bytes": 50}, "greedy")[0] == "int8"
+    plans = allocator.screening_plans({"bytes": 50}, "exhaustive", 4)
+    assert {m for m, _, _ in plans} == {"int8", "float"} and plans[0][0] == "int8"

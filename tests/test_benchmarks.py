@@ -145,3 +145,21 @@ def test_sensitivity_benchmark_prints_a_correlation_per_proxy(tmp_path):
     result = json.loads(out.read_text())
     rows = result["reports"][0]["rows"]
     assert len(rows) == 4 * 2 + 3  # 4 layers x 2 sparsities, and 3 groups (not the output's) x 1 fraction
+
+
+def test_auto_compress_benchmark_quick_size_budget(tmp_path):
+    """About 40 s: one seed, one training epoch, at most two recovery rounds."""
+    out = tmp_path / "auto_compress.json"
+    stdout = run_script("auto_compress.py", "--quick", "--only", "size", "--out", out)
+    assert "(a) size budget: max_bytes = 0.04 x" in stdout
+    assert re.search(r"^  chosen bytes / float file +[\d.]+ \+- ", stdout, re.M), stdout
+    result = json.loads(out.read_text())
+    assert set(result["runs"]) == {"size"}
+    (row,) = result["runs"]["size"]
+    assert row["max_bytes"] == int(0.04 * row["float_bytes"])
+    assert row["bytes"] < 0.1 * row["float_bytes"]  # int8 and narrowed, near the 4% budget
+    assert row["p50_ratio"] > 0 and row["search_over_training"] > 0
+    assert -0.1 < row["test_drop_vs_float_file"] < 0.5  # a trained classifier, not chance
+    assert {b["kind"] for b in row["baselines"]} == {"uniform-structured", "uniform-sparsity"}
+    assert set(row["correlations"]) == {"magnitude", "fisher", "taylor"}
+    assert result["summary"]["size"]["runs"] == 1

@@ -6,15 +6,38 @@ import glob
 import importlib
 import os
 
+import keras
+import numpy as np
 import pytest
 
 from keras_compress import examples, peers
+from keras_compress.pruning import structured
 
 
 def test_example_models_have_the_documented_sizes():
     assert examples.build_cnn().count_params() == 56_714
     assert examples.build_student().count_params() == 25_450
     assert examples.build_small_cnn().count_params() == 5_738  # about 1/10 of build_cnn
+    assert examples.build_residual_cnn().count_params() == 16_442
+
+
+def test_residual_cnn_ties_the_stem_and_projections_through_its_adds_and_shrinks_consistently():
+    model = examples.build_residual_cnn()
+    adds = [layer for layer in model.layers if isinstance(layer, keras.layers.Add)]
+    assert [layer.name for layer in adds] == ["block1_add", "block2_add"]
+    tied = ("stem", "block1_project", "block2_project")  # both Adds sum these three layers' channels
+    groups = {g.producers: g for g in structured.dependency_groups(model)}
+    assert tied in groups and groups[tied].prunable and groups[tied].size == 16
+    assert "block1_expand" in groups[tied].layers  # consumers of the shared channels change too
+
+    small = structured.shrink(model, 0.5)
+    units = {name: small.get_layer(name).filters for name in tied}
+    assert set(units.values()) == {8}, units
+    for add in ("block1_add", "block2_add"):
+        shapes = [tuple(t.shape) for t in small.get_layer(add).input]
+        assert shapes == [(None, 14, 14, 8)] * 2, (add, shapes)
+    x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    assert small.predict(x, verbose=0).shape == (4, 10)
 
 
 def test_magnitude_schedule_reaches_the_final_sparsity_at_sixty_percent_of_the_steps():

@@ -77,6 +77,7 @@ class AutoResult:
             (`{"bytes": {"points": n, "max_relative_error": e}, ...}`).
         seconds: wall time per stage (`sensitivity`, `cost_model`, `search`,
             `baselines`, `total`).
+        files: every candidate's `.tflite` file by candidate name.
     """
 
     model: object
@@ -90,6 +91,7 @@ class AutoResult:
     sensitivity: object
     cost_models: dict
     seconds: dict
+    files: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self):
         """Everything but the model and the file, as JSON-ready values."""

@@ -25,7 +25,8 @@ The search, in the order it runs:
    cached) for `epochs`, converted to int8 and measured. When the file
    misses a resource budget, the targets are scaled by the measured error and
    the allocation runs again; when it misses `max_drop`, the student trains
-   `epochs` more; for a byte budget the last resort moves part of the saving
+   `epochs` more, up to `MAX_EXTRA_TRAINING` times while its metric improves;
+   for a byte budget the last resort moves part of the saving
    to unstructured sparsity (a `plan_for_bytes` knapsack on measured sparse
    files, trained with `prune_low_magnitude` and the distillation). At most
    `max_rounds` models are trained.
@@ -65,9 +66,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
 CALIBRATION_FRACTIONS = (0.0, 0.25, 0.5, 0.625, 0.75, 0.875)
 EXHAUSTIVE_LIMIT = 20000
-LATENCY_SECONDS = 0.6  # invoke time per latency measurement, over LATENCY_REPEATS timings
+LATENCY_SECONDS = 0.6  # invoke time per latency measurement (a quarter without a latency budget)
 LATENCY_REPEATS = 3
 QUANTIZATIONS = ("int8", "int16x8", "float16", "dynamic", "float")
+MAX_EXTRA_TRAINING = 2  # rounds of `epochs` more training of a plan that misses max_drop, while it improves
 SPARSE_RELAX = 1.4  # the structured target of the sparsity round, times the byte budget
 UNIFORM_SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 # Targets are aimed this far inside a budget: latency is noisy, bytes are not.
@@ -153,9 +155,12 @@ def auto_compress(
             `(y_true, y_pred) -> float`, larger is better.
         loss: the training loss: a Keras loss or its name; default the loss
             `model` was compiled with.
-        quantization: the `to_tflite` mode of every file the search makes:
+        quantization: the `to_tflite` mode of the files the search makes:
             "int8" (default; calibrated on `data`), "int16x8", "float16",
-            "dynamic" or "float".
+            "dynamic" or "float"; or a tuple of modes to choose from per
+            plan, each with its own measured cost models (for a latency
+            budget on a CPU where a small model runs faster in float, say
+            `("int8", "float")`). Uniform baselines use the first.
         epochs: fine-tuning epochs of each recovery (and of each baseline).
         batch_size: fine-tuning batch size.
         learning_rate: Adam's learning rate for recovery.
@@ -190,7 +195,7 @@ def auto_compress(
                          "scores one output (distillation of its logits). Compress a single-output model, or "
                          "use kc.pruning and kc.quantization by hand.")
     budget = _check_budget(api, max_bytes, size_by, max_latency_ms, threads, max_macs, max_drop)
-    check_choice(api, "quantization", quantization, QUANTIZATIONS)
+    modes = _check_modes(api, quantization)
     check_choice(api, "runtime", runtime, RUNTIMES)
     if latency_fn is not None and not callable(latency_fn):
         raise TypeError(f"{api}: latency_fn must be None or a function (flatbuffer bytes) -> p50 ms, "
@@ -218,7 +223,7 @@ def auto_compress(
                          + ". Use kc.quantization or kc.pruning by hand.")
     budget["metric"] = "accuracy" if metric is None else getattr(metric, "__name__", "metric")
     run = _Run(api, model, train, valid, budget, metric, loss_fn, epochs, batch_size, learning_rate, seed, verbose)
-    run.quantization, run.runtime, run.latency_fn = quantization, runtime, latency_fn
+    run.quantization, run.runtime, run.latency_fn = modes[0], runtime, latency_fn
     seconds = {}
 
     # 1. Reference files.
@@ -229,10 +234,13 @@ def auto_compress(
     reference.drop = 0.0
     reference.feasible = run.meets(reference)
     run.candidates.append(reference)
-    if quantization != "float":
-        quantized = run.measure(model, quantization, "reference", {})
-        quantized.feasible = run.meets(quantized)
-        run.candidates.append(quantized)
+    mode_drop = {"float": 0.0}
+    for mode in modes:
+        if mode != "float":
+            quantized = run.measure(model, mode, "reference", {}, quantization=mode)
+            quantized.feasible = run.meets(quantized)
+            run.candidates.append(quantized)
+            mode_drop[mode] = max(0.0, quantized.drop)
     seconds["reference"] = time.perf_counter() - clock
 
     # 2. Sensitivity.
@@ -245,24 +253,24 @@ def auto_compress(
     # 3. Cost models.
     clock = time.perf_counter()
     run.say("cost models: converting and timing uniformly narrowed models")
-    fits = run.calibrate(costs)
+    fits = {mode: run.calibrate(costs, mode) for mode in modes}
     seconds["cost_model"] = time.perf_counter() - clock
-    run.check_reachable(costs, fits)
+    run.check_reachable(costs, modes)
 
     # 4.-5. Allocation, screening, recovery, verification.
     clock = time.perf_counter()
     options = _options(costs, report, fractions)
-    searcher = _Allocator(costs, options, fits, budget)
+    searcher = _Allocator(costs, options, fits, budget, mode_drop, modes)
     method = search
     if search == "auto":
         method = "exhaustive" if searcher.combinations() <= EXHAUSTIVE_LIMIT else "greedy"
-    targets = {k: budget[k] * MARGIN[k] for k in searcher.resources}
+    targets = {k: budget[k] * MARGIN[k] for k in budget["resources"]}
     comparison = {"method": method, "combinations": searcher.combinations()}
     if method == "exhaustive":
-        comparison["exhaustive_predicted_drop"] = searcher.allocate(targets, "exhaustive")[1]["drop"]
-        comparison["greedy_predicted_drop"] = searcher.allocate(targets, "greedy")[1]["drop"]
+        comparison["exhaustive_predicted_drop"] = searcher.allocate(targets, "exhaustive")[2]["drop"]
+        comparison["greedy_predicted_drop"] = searcher.allocate(targets, "greedy")[2]["drop"]
     trained = 0
-    extra_epochs = sparse_stage = False
+    sparse_stage = False
     while trained < max_rounds:
         plans = searcher.screening_plans(targets, method, screen) if screen > 1 else [searcher.allocate(targets, method)]
         trained += 1
@@ -270,24 +278,26 @@ def auto_compress(
         if len(plans) > 1:
             run.say(f"{label}: screening {len(plans)} plans with 1 epoch of distillation each")
             screened = []
-            for i, (counts, predicted) in enumerate(plans, 1):
-                run.say(f"  plan {i}: {_describe_plan(costs, counts)} (predicted {_describe_predicted(predicted)})")
+            for i, (mode, counts, predicted) in enumerate(plans, 1):
+                run.say(f"  plan {i}: {_describe_plan(costs, counts)}, {mode} "
+                        f"(predicted {_describe_predicted(predicted)})")
                 student = run.recover(costs, counts, epochs=1)
                 candidate = run.measure(student, f"{label} plan {i}", "screening", _plan_dict(costs, counts),
-                                        predicted=predicted, note="1 epoch")
+                                        quantization=mode, predicted=predicted, note="1 epoch")
                 candidate.feasible = run.meets(candidate)
                 run.candidates.append(candidate)
-                screened.append((candidate, student, counts, predicted))
-            candidate, student, counts, predicted = run.pick(screened)
+                screened.append((candidate, student, mode, counts, predicted))
+            candidate, student, mode, counts, predicted = run.pick(screened)
             run.say(f"{label}: {candidate.name} is best after 1 epoch; {epochs - 1} more epoch(s)")
             if epochs > 1:
                 student = run.fit(_copy(student), run.teacher_targets(), epochs - 1, pruning=False)
         else:
-            counts, predicted = plans[0]
-            run.say(f"{label}: {_describe_plan(costs, counts)} (predicted {_describe_predicted(predicted)})")
+            mode, counts, predicted = plans[0]
+            run.say(f"{label}: {_describe_plan(costs, counts)}, {mode} (predicted {_describe_predicted(predicted)})")
             student = run.recover(costs, counts)
         plan = _plan_dict(costs, counts)
-        candidate = run.measure(student, label, "search", plan, predicted=predicted, note=f"{epochs} epochs")
+        candidate = run.measure(student, label, "search", plan, quantization=mode, predicted=predicted,
+                                note=f"{epochs} epochs")
         candidate.feasible = run.meets(candidate)
         run.candidates.append(candidate)
         if candidate.feasible:
@@ -298,35 +308,38 @@ def auto_compress(
                 targets[resource] *= min(0.97, 1.0 / ratio)
             candidate.note += "; over " + ", ".join(f"{r} by {100 * (q - 1):.1f}%" for r, q in over.items())
             continue
-        # Within the resources, over max_drop: train longer, then (bytes) trade structure for sparsity.
-        if not extra_epochs and trained < max_rounds:
-            extra_epochs = True
+        # Within the resources, over max_drop: train longer while it helps,
+        # then (bytes) trade structure for sparsity.
+        total = epochs
+        while trained < max_rounds and total < (1 + MAX_EXTRA_TRAINING) * epochs:
             trained += 1
+            total += epochs
             label = f"round {trained}"
-            run.say(f"{label}: {epochs} more epochs of distillation for round {trained - 1}'s model")
+            run.say(f"{label}: {epochs} more epochs of distillation for {candidate.name}'s model")
             student = run.fit(_copy(student), run.teacher_targets(), epochs, pruning=False)
-            again = run.measure(student, label, "search", plan, predicted=predicted,
-                                note=f"round {trained - 1}'s model, {2 * epochs} epochs")
+            again = run.measure(student, label, "search", plan, quantization=mode, predicted=predicted,
+                                note=f"{total} epochs ({candidate.name}'s model, trained on)")
             again.feasible = run.meets(again)
             run.candidates.append(again)
-            if again.feasible:
+            improved = again.metric > candidate.metric
+            candidate = again
+            if again.feasible or not improved:
                 break
+        if candidate.feasible:
+            break
         if "bytes" in budget["resources"] and not sparse_stage and trained < max_rounds:
             sparse_stage = True
             trained += 1
             label = f"round {trained}"
             relaxed = {**targets, "bytes": budget["bytes"] * SPARSE_RELAX}
-            counts, _ = searcher.allocate(relaxed, method)
+            _, counts, _ = searcher.allocate(relaxed, method, modes=(mode,))
             run.say(f"{label}: structure to {relaxed['bytes']:,.0f} bytes ({_describe_plan(costs, counts)}), "
                     "then unstructured sparsity to the budget")
-            student, sparse_plan, predicted = run.recover_sparse(costs, counts)
+            student, sparse_plan, predicted = run.recover_sparse(costs, counts, mode)
             cand = run.measure(student, label, "search", {**_plan_dict(costs, counts), **sparse_plan},
-                               predicted=predicted, note="structured + unstructured sparsity")
+                               quantization=mode, predicted=predicted, note="structured + unstructured sparsity")
             cand.feasible = run.meets(cand)
             run.candidates.append(cand)
-            if cand.feasible:
-                break
-            continue
         break
     seconds["search"] = time.perf_counter() - clock
 
@@ -341,10 +354,12 @@ def auto_compress(
     best, best_model, best_file = run.best()
     met = best.feasible
     reason = run.reason(best, met)
-    cost_models = {k: v.to_dict() for k, v in fits.items()}
+    cost_models = {(k if len(modes) == 1 else f"{k} ({mode})"): v.to_dict()
+                   for mode in modes for k, v in fits[mode].items()}
     cost_models["search"] = comparison
     result = AutoResult(best_model, best_file, best, met, reason, _public_budget(budget), reference,
-                        run.candidates, report, cost_models, seconds)
+                        run.candidates, report, cost_models, seconds,
+                        {name: flatbuffer for name, (_, flatbuffer) in run.models.items()})
     run.say(reason)
     if out is not None:
         result.save(out)
@@ -423,6 +438,18 @@ def _x(arrays):
     return arrays[0] if len(arrays) == 1 else list(arrays)
 
 
+def _check_modes(api, quantization):
+    modes = (quantization,) if isinstance(quantization, str) else quantization
+    if not isinstance(modes, (tuple, list)) or not modes:
+        raise TypeError(f"{api}: quantization must be one of {', '.join(map(repr, QUANTIZATIONS))} or a tuple "
+                        f"of them, got {describe(quantization)}.")
+    for mode in modes:
+        check_choice(api, "quantization", mode, QUANTIZATIONS)
+    if len(set(modes)) != len(modes):
+        raise ValueError(f"{api}: quantization names a mode twice: {quantization!r}.")
+    return tuple(modes)
+
+
 def _accuracy(y_true, y_pred):
     y_pred = np.asarray(y_pred)
     predicted = (y_pred.reshape(-1) > 0.5).astype(int) if y_pred.shape[-1] == 1 else y_pred.argmax(-1)
@@ -472,22 +499,34 @@ def _describe_predicted(predicted):
 
 
 class _Allocator:
-    """Chooses a removal count per group under predicted resource targets."""
+    """Chooses a quantization mode and a removal count per group under
+    predicted resource targets. A plan is `(mode, counts)`; its predicted
+    drop is the sum of its groups' measured drops plus the mode's own drop
+    on the unchanged model."""
 
-    def __init__(self, costs, options, fits, budget):
+    def __init__(self, costs, options, fits, budget, mode_drop=None, modes=("int8",)):
         self.costs, self.options, self.fits = costs, options, fits
         self.resources = budget["resources"]
+        self.modes = tuple(modes)
+        self.mode_drop = mode_drop or {m: 0.0 for m in self.modes}
+        self._drops = [{n: d for n, _, d in opts} for opts in options]
 
     def combinations(self):
-        return math.prod(len(o) for o in self.options)
+        return math.prod(len(o) for o in self.options) * len(self.modes)
 
-    def predict(self, counts):
+    def predict(self, counts, mode=None):
+        mode = mode or self.modes[0]
         structure = self.costs.counts(list(counts))
         values = {}
         for resource in self.resources:
-            values[resource] = structure["macs"] if resource == "macs" else self.fits[resource].predict(structure)
+            values[resource] = structure["macs"] if resource == "macs" else self.fits[mode][resource].predict(structure)
         values["macs"] = structure["macs"]
         values["params"] = structure["params"]
+        return values
+
+    def predicted(self, mode, counts):
+        values = self.predict(counts, mode)
+        values["drop"] = self.mode_drop[mode] + float(sum(d.get(c, math.nan) for d, c in zip(self._drops, counts)))
         return values
 
     def _fits(self, values, targets):
@@ -496,82 +535,73 @@ class _Allocator:
     def _load(self, values, targets):
         return max(values[r] / targets[r] for r in self.resources)
 
-    def allocate(self, targets, method):
-        """`(counts, predicted)`: the plan with the smallest summed drop whose
-        predicted resources fit `targets`; when none fits, the one closest
-        (smallest largest resource/target ratio)."""
-        if method == "exhaustive":
-            return self._exhaustive(targets)
-        return self._greedy(targets)
+    def _key(self, values, targets):
+        """Plans that fit first, by drop; then the others by how far over."""
+        load = self._load(values, targets)
+        return (0, values["drop"], load) if self._fits(values, targets) else (1, load, values["drop"])
 
-    def _result(self, choice):
-        counts = [self.options[i][j][0] for i, j in enumerate(choice)]
-        values = self.predict(counts)
-        values["drop"] = float(sum(self.options[i][j][2] for i, j in enumerate(choice)))
-        return counts, values
+    def allocate(self, targets, method, modes=None):
+        """`(mode, counts, predicted)`: the plan with the smallest predicted
+        drop whose predicted resources fit `targets`; when none fits, the one
+        closest (smallest largest resource/target ratio)."""
+        plans = [(m, self._exhaustive(targets, m) if method == "exhaustive" else self._greedy(targets, m))
+                 for m in (modes or self.modes)]
+        mode, counts = min(plans, key=lambda p: self._key(self.predicted(p[0], p[1]), targets))
+        return mode, counts, self.predicted(mode, counts)
 
-    def _exhaustive(self, targets):
-        best, best_key = None, None
+    def _all(self, mode):
         for choice in itertools.product(*[range(len(o)) for o in self.options]):
             counts = [self.options[i][j][0] for i, j in enumerate(choice)]
-            values = self.predict(counts)
-            drop = sum(self.options[i][j][2] for i, j in enumerate(choice))
-            fits = self._fits(values, targets)
-            key = (0, drop, self._load(values, targets)) if fits else (1, self._load(values, targets), drop)
-            if best_key is None or key < best_key:
-                best, best_key = choice, key
-        return self._result(best)
+            yield counts, self.predicted(mode, counts)
+
+    def _exhaustive(self, targets, mode):
+        return min(self._all(mode), key=lambda p: self._key(p[1], targets))[0]
 
     def screening_plans(self, targets, method, count):
         """Up to `count` distinct plans that fit `targets`, to screen by a
-        short recovery: the best by predicted drop (`method`), the runners-up
-        (exhaustive) or the greedy plan, the uniform plan, and the plan that
-        keeps the most parameters (the most capacity to recover)."""
-        plans = []
+        short recovery: per mode, the best by predicted drop (`method`) and
+        (exhaustive) its runners-up, the plan that keeps the most parameters
+        (the most capacity to recover) and the uniform plan; ordered so that
+        every mode's best comes first."""
+        per_mode = []
+        for mode in self.modes:
+            plans = []
 
-        def add(counts):
-            counts = list(counts)
-            if counts not in plans:
-                plans.append(counts)
+            def add(counts):
+                if counts is not None and list(counts) not in plans:
+                    plans.append(list(counts))
 
-        if method == "exhaustive":
-            ranked = []
-            for choice in itertools.product(*[range(len(o)) for o in self.options]):
-                counts = [self.options[i][j][0] for i, j in enumerate(choice)]
-                values = self.predict(counts)
-                if self._fits(values, targets):
-                    drop = sum(self.options[i][j][2] for i, j in enumerate(choice))
-                    ranked.append((drop, -values["params"], counts))
-            ranked.sort(key=lambda r: (r[0], r[1]))
-            for _, _, counts in ranked[: max(1, count - 2)]:
-                add(counts)
-            if ranked:
-                add(max(ranked, key=lambda r: (-r[1], -r[0]))[2])
-        else:
-            add(self._greedy(targets)[0])
-        uniform = self.uniform(targets)
-        if uniform is not None:
-            add(uniform)
-        return [(c, self._predicted(c)) for c in plans[:count]] or [self.allocate(targets, method)]
+            if method == "exhaustive":
+                ranked = sorted(((v["drop"], -v["params"], c) for c, v in self._all(mode) if self._fits(v, targets)),
+                                key=lambda r: (r[0], r[1]))
+                for _, _, counts in ranked[: max(1, count - 2)]:
+                    add(counts)
+                if ranked:
+                    add(min(ranked, key=lambda r: (r[1], r[0]))[2])
+            else:
+                add(self._greedy(targets, mode))
+            add(self.uniform(targets, mode))
+            per_mode.append([(mode, c) for c in plans])
+        ordered = [p for rank in itertools.zip_longest(*per_mode) for p in rank if p is not None]
+        plans = [(m, c, self.predicted(m, c)) for m, c in ordered[:count]]
+        return plans or [self.allocate(targets, method)]
 
-    def _predicted(self, counts):
-        values = self.predict(counts)
-        drops = [{n: d for n, _, d in opts} for opts in self.options]
-        values["drop"] = float(sum(d.get(c, math.nan) for d, c in zip(drops, counts)))
-        return values
-
-    def uniform(self, targets):
+    def uniform(self, targets, mode=None):
         """The removal counts of the smallest uniform fraction (one per group,
         from the grid) whose predicted resources fit `targets`, or None."""
         for fraction in sorted({f for opts in self.options for _, f, _ in opts}):
             counts = [min(int(math.floor(fraction * g.size)), g.size - 1) for g in self.costs.groups]
-            if self._fits(self.predict(counts), targets):
+            if self._fits(self.predict(counts, mode), targets):
                 return counts
         return None
 
-    def _greedy(self, targets):
+    def _greedy(self, targets, mode):
         choice = [0] * len(self.options)
-        values = self.predict([0] * len(self.options))
+
+        def counts_of(c):
+            return [self.options[k][j][0] for k, j in enumerate(c)]
+
+        values = self.predict(counts_of(choice), mode)
         while not self._fits(values, targets):
             load = self._load(values, targets)
             best, best_rate, best_values = None, -math.inf, None
@@ -580,7 +610,7 @@ class _Allocator:
                     continue
                 trial = list(choice)
                 trial[i] += 1
-                trial_values = self.predict([self.options[k][j][0] for k, j in enumerate(trial)])
+                trial_values = self.predict(counts_of(trial), mode)
                 saved = load - self._load(trial_values, targets)
                 if saved <= 0:
                     continue
@@ -590,7 +620,7 @@ class _Allocator:
             if best is None:
                 break
             choice, values = best, best_values
-        return self._result(choice)
+        return counts_of(choice)
 
 
 # --------------------------------------------------------------------------
@@ -660,7 +690,8 @@ class _Run:
             return {"p50_ms": float(value), "min_ms": float(value), "p90_ms": float(value)}
         threads, runtime = self.budget["threads"], self.runtime
         probe = measure_latency(flatbuffer, threads=threads, warmup=5, runs=10, runtime=runtime)["p50_ms"]
-        runs = int(min(5000, max(30, LATENCY_SECONDS / LATENCY_REPEATS / max(probe, 1e-6) * 1e3)))
+        seconds = LATENCY_SECONDS if "latency_ms" in self.budget["resources"] else LATENCY_SECONDS / 4
+        runs = int(min(5000, max(30, seconds / LATENCY_REPEATS / max(probe, 1e-6) * 1e3)))
         timings = [measure_latency(flatbuffer, threads=threads, warmup=max(10, runs // 10), runs=runs, runtime=runtime)
                    for _ in range(LATENCY_REPEATS)]
         return {"p50_ms": float(np.median([t["p50_ms"] for t in timings])),
@@ -680,14 +711,14 @@ class _Run:
         return not self.over_budget(candidate) and candidate.drop <= self.budget["max_drop"] + 1e-12
 
     # -- cost models
-    def calibrate(self, costs):
+    def calibrate(self, costs, mode):
         points = {"bytes": [], "latency_ms": []}
         for fraction in CALIBRATION_FRACTIONS:
             counts = [int(math.floor(fraction * g.size)) if fraction else 0 for g in costs.groups]
             counts = [min(n, g.size - 1) for n, g in zip(counts, costs.groups)]
             narrow = shrink(self.model, {g.producers[0].name: n / g.size for g, n in zip(costs.groups, counts)},
                             criterion="l1") if any(counts) else self.model
-            flatbuffer = self.convert(narrow)
+            flatbuffer = self.convert(narrow, mode)
             size = len(gzip.compress(flatbuffer, 9)) if self.budget["size_by"] == "gzip" else len(flatbuffer)
             structure = costs.counts(counts)
             points["bytes"].append((structure, size))
@@ -698,41 +729,46 @@ class _Run:
         if points["latency_ms"]:
             fits["latency_ms"] = fit_linear("latency_ms", ("macs", "activations"), points["latency_ms"])
         for resource, fit in fits.items():
-            self.say(f"  {resource} model: {len(fit.points)} measured files, leave-one-out error "
+            self.say(f"  {resource} model ({mode}): {len(fit.points)} measured files, leave-one-out error "
                      f"{100 * fit.max_relative_error:.1f}%")
         return fits
 
-    def check_reachable(self, costs, fits):
+    def check_reachable(self, costs, modes):
         """Refuses a budget below the smallest model the search can make,
-        measured: every group at its largest removal (and, for bytes, 90%
-        unstructured sparsity), int8."""
+        measured in each mode: every group at its largest removal (and, for
+        bytes, 90% unstructured sparsity)."""
         counts = [g.size - max(1, int(math.ceil((1 - max(DEFAULT_FRACTIONS)) * g.size))) for g in costs.groups]
         counts = [max(0, min(n, g.size - 1)) for n, g in zip(counts, costs.groups)]
         smallest = shrink(self.model, {g.producers[0].name: n / g.size for g, n in zip(costs.groups, counts)},
-                          criterion="l1") if any(counts) else keras.models.clone_model(self.model)
-        flatbuffer = self.convert(smallest)
-        reached = {"latency_ms": self.latency(flatbuffer)["p50_ms"],
-                   "macs": costs.counts(counts)["macs"]}
+                          criterion="l1") if any(counts) else _copy(self.model)
+        sparse = None
         if "bytes" in self.budget["resources"]:
-            sparse = keras.models.clone_model(smallest)
-            sparse.set_weights(smallest.get_weights())
+            sparse = _copy(smallest)
             _zero_smallest(sparse, 0.9)
-            flatbuffer = self.convert(sparse)
-            reached["bytes"] = len(gzip.compress(flatbuffer, 9)) if self.budget["size_by"] == "gzip" else len(flatbuffer)
-        missed = [r for r in self.budget["resources"] if reached[r] > self.budget[r]]
-        if missed:
-            measured = {"bytes": lambda: f"{reached['bytes']:,} bytes ({self.budget['size_by']})",
-                        "latency_ms": lambda: f"p50 {reached['latency_ms']:.4f} ms at {self.budget['threads']} thread(s)",
-                        "macs": lambda: f"{reached['macs']:,} MACs"}
-            raise ValueError(
-                f"{self.api}: the budget cannot be reached: "
-                + "; ".join(f"max_{r}={self.budget[r]:,}" for r in missed)
-                + ". The smallest model the search can make (every group down to "
-                + ", ".join(f"{costs.key(g)} {g.size - n}" for g, n in zip(costs.groups, counts))
-                + f" units, {self.quantization}" + (", 90% unstructured sparsity" if "bytes" in reached else "")
-                + ") measures " + "; ".join(measured[r]() for r in self.budget["resources"])
-                + ". Raise the budget to at least that."
-            )
+        reached = {}
+        for mode in modes:
+            values = {"macs": costs.counts(counts)["macs"]}
+            if "latency_ms" in self.budget["resources"]:
+                values["latency_ms"] = self.latency(self.convert(smallest, mode))["p50_ms"]
+            if sparse is not None:
+                values["bytes"] = self.size_of(self.convert(sparse, mode))
+            reached[mode] = values
+            if all(values[r] <= self.budget[r] for r in self.budget["resources"]):
+                return
+        missed = sorted({r for v in reached.values() for r in self.budget["resources"] if v[r] > self.budget[r]})
+        shown = {"bytes": lambda v: f"{v['bytes']:,} bytes ({self.budget['size_by']})",
+                 "latency_ms": lambda v: f"p50 {v['latency_ms']:.4f} ms at {self.budget['threads']} thread(s)",
+                 "macs": lambda v: f"{v['macs']:,} MACs"}
+        raise ValueError(
+            f"{self.api}: the budget cannot be reached: "
+            + "; ".join(f"max_{r}={self.budget[r]:,}" for r in missed)
+            + ". The smallest model the search can make (every group down to "
+            + ", ".join(f"{costs.key(g)} {g.size - n}" for g, n in zip(costs.groups, counts))
+            + " units" + (", 90% unstructured sparsity" if sparse is not None else "") + ") measures "
+            + "; ".join(f"{mode}: " + ", ".join(shown[r](v) for r in self.budget["resources"])
+                        for mode, v in reached.items())
+            + ". Raise the budget to at least that."
+        )
 
     # -- training
     def teacher(self):
@@ -780,13 +816,13 @@ class _Run:
             return max(within, key=lambda s: s[0].metric)
         return min(screened, key=lambda s: self._load(s[0]))
 
-    def recover_sparse(self, costs, counts):
+    def recover_sparse(self, costs, counts, mode):
         """Structured removals by `counts`, recovered; then per-layer
         sparsity to the byte budget (knapsack on measured sparse files), trained with the masks."""
         student = self.recover(costs, counts)
         self.say("  measuring sparse files per layer of the narrowed model")
         report = sensitivity_analysis(student, self.valid, sparsities=(0.5, 0.75, 0.9), fractions=(),
-                                      loss=self.loss, measure_bytes=True, quantization=self.quantization,
+                                      loss=self.loss, measure_bytes=True, quantization=mode,
                                       verbose=self.verbose)
         plan = plan_for_bytes(report, int(self.budget["bytes"] * MARGIN["bytes"]))
         sparsities = {k: amount for k, (action, amount) in plan.choices.items() if action == "prune"}
@@ -826,9 +862,18 @@ class _Run:
             if self.size_of(self.convert(trial)) <= self.budget["bytes"]:
                 level = sparsity
                 break
-        level = level or UNIFORM_SPARSITIES[-1]
-        self.say(f"baseline: every layer pruned to {level:.0%} sparsity")
         names = [layer.name for layer in _prunable_layers(self.model)]
+        if level is None:
+            level = UNIFORM_SPARSITIES[-1]
+            trial = self._fresh_student()
+            _zero_smallest(trial, level)
+            candidate = self.measure(trial, f"uniform sparsity {level:.0%}", "uniform-sparsity",
+                                     {n: ("prune", level) for n in names},
+                                     note=f"no uniform sparsity up to {level:.0%} fits the budget: not trained")
+            candidate.feasible = self.meets(candidate)
+            self.candidates.append(candidate)
+            return
+        self.say(f"baseline: every layer pruned to {level:.0%} sparsity")
         wrapped = _prune_layers(self._fresh_student(), {n: level for n in names})
         self.fit(wrapped, self.teacher_targets(), self.epochs, pruning=True)
         final = strip_pruning(wrapped)
@@ -842,10 +887,11 @@ class _Run:
 
     # -- choosing
     def best(self):
-        """The feasible candidate with the best metric; else the best metric
-        within the resource budgets (the metric budget missed); else the one
-        closest to the resource budgets."""
-        searched = [c for c in self.candidates if c.kind in ("search", "screening", "reference")]
+        """The feasible candidate with the best metric (a uniform baseline
+        too, when it beat the search); else the best metric within the
+        resource budgets (the metric budget missed); else the one closest to
+        the resource budgets."""
+        searched = self.candidates
         feasible = [c for c in searched if c.feasible]
         within = [c for c in searched if not self.over_budget(c)]
         if feasible:
