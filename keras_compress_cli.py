@@ -52,6 +52,11 @@ def main(argv=None):
     auto.add_argument("--max-drop", type=float, default=0.005, metavar="X",
                       help="largest metric drop allowed, in the metric's units (0.005: half a point "
                       "of accuracy; default %(default)s)")
+    auto.add_argument("--quantization", default="int8", metavar="MODES",
+                      help="the files' mode, or modes to choose from per plan, comma-separated: int8, "
+                      "int16x8, float16, dynamic, float (default %(default)s)")
+    auto.add_argument("--keep-names", action="store_true",
+                      help="keep the files' internal tensor names (debug information; stripped by default)")
     auto.add_argument("--epochs", type=int, default=4, metavar="N", help="recovery fine-tuning epochs")
     auto.add_argument("--no-baselines", action="store_true", help="skip the uniform baselines")
     auto.add_argument("--out", default="keras_compress_auto", metavar="DIR", help="report folder")
@@ -92,11 +97,13 @@ def _auto(args):
             model = keras.models.load_model(args.model)
         except (ValueError, TypeError, OSError) as error:
             raise ValueError(f"cannot load model file {args.model!r}: {error}") from error
+        modes = tuple(m.strip() for m in args.quantization.split(",") if m.strip())
         result = auto_compress(
             model, data, validation, max_bytes=args.max_bytes, size_by=args.size_by,
             max_latency_ms=args.max_latency_ms, threads=args.threads, max_macs=args.max_macs,
             max_drop=args.max_drop, epochs=args.epochs, baselines=not args.no_baselines,
-            out=args.out, seed=args.seed,
+            out=args.out, seed=args.seed, strip_names=not args.keep_names,
+            quantization=modes[0] if len(modes) == 1 else modes,
         )
     except (ValueError, TypeError, RuntimeError, FileNotFoundError) as error:
         print(f"keras-compress auto: {error}", file=sys.stderr)

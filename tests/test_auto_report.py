@@ -244,6 +244,7 @@ def test_cli_auto_runs_the_search_on_mnist(tmp_path, model_file, monkeypatch, ca
     assert call["max_bytes"] == 10_000 and call["max_drop"] == 0.01 and call["max_latency_ms"] is None
     assert call["size_by"] == "raw" and call["baselines"] is False and call["epochs"] == 2
     assert call["out"] == str(out) and call["seed"] == 0 and call["threads"] == 1
+    assert call["quantization"] == "int8" and call["strip_names"] is True
     printed = capsys.readouterr().out
     assert make_result().summary() in printed and str(out) in printed
     assert (out / "report.md").is_file()
@@ -259,6 +260,8 @@ def test_cli_auto_reads_npz_and_validation(tmp_path, model_file, monkeypatch):
     assert cli.main(base + ["--data", str(tmp_path / "d.npz")]) == 0
     assert calls[-1]["data"][0].shape == (10, 4) and calls[-1]["validation_data"][0].shape == (3, 4)
     assert calls[-1]["max_latency_ms"] == 0.5 and calls[-1]["max_bytes"] is None and calls[-1]["max_drop"] == 0.005
+    assert cli.main(base + ["--data", str(tmp_path / "d.npz"), "--quantization", "int8,float", "--keep-names"]) == 0
+    assert calls[-1]["quantization"] == ("int8", "float") and calls[-1]["strip_names"] is False
     assert cli.main(base + ["--data", str(tmp_path / "d.npz"), "--validation-data", str(tmp_path / "v.npz")]) == 0
     assert calls[-1]["validation_data"][0].shape == (5, 4)
     np.savez(tmp_path / "plain.npz", x=np.zeros((6, 4)), y=np.zeros(6))

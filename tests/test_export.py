@@ -86,6 +86,36 @@ def test_size_by_gzip_keeps_the_smaller_download():
         to_tflite(model, size_by="zip")
 
 
+def test_strip_names_removes_internal_names_and_changes_nothing_else():
+    """The stripped file is smaller by the internal names' bytes (less the empty strings),
+    keeps its input, output and signature names, computes the same outputs
+    bit for bit, and has the same ops and tensor data."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = small_cnn()
+    x = np.random.default_rng(0).normal(size=(16, 12, 12, 1)).astype("float32")
+    for options in ({}, {"quantization": "int8", "representative_data": x}):
+        full = to_tflite(model, **options)
+        stripped = to_tflite(model, strip_names=True, **options)
+        a = flatbuffer_utils.convert_bytearray_to_object(bytearray(full))
+        b = flatbuffer_utils.convert_bytearray_to_object(bytearray(stripped))
+        g, h = a.subgraphs[0], b.subgraphs[0]
+        io = set(g.inputs) | set(g.outputs)
+        names = [len(t.name) for i, t in enumerate(g.tensors) if i not in io]
+        # Each name becomes an empty string: a length and a padded terminator, at most 8 bytes.
+        assert sum(names) > 0 and len(stripped) <= len(full) - sum(names) + 8 * len(names)
+        assert [h.tensors[i].name for i in io] == [g.tensors[i].name for i in io]
+        assert all(not t.name for i, t in enumerate(h.tensors) if i not in io)
+        assert [(o.opcodeIndex, list(o.inputs), list(o.outputs)) for o in g.operators] == \
+               [(o.opcodeIndex, list(o.inputs), list(o.outputs)) for o in h.operators]
+        assert [bytes(bb.data) if bb.data is not None else b"" for bb in a.buffers] == \
+               [bytes(bb.data) if bb.data is not None else b"" for bb in b.buffers]
+        assert [s.signatureKey for s in a.signatureDefs] == [s.signatureKey for s in b.signatureDefs]
+        np.testing.assert_array_equal(predict_tflite(full, x), predict_tflite(stripped, x))
+    with pytest.raises(TypeError, match="strip_names"):
+        to_tflite(model, strip_names="yes")
+
+
 def test_sparse_auto_leaves_a_dense_model_alone():
     model = small_cnn()
     assert to_tflite(model) == to_tflite(model, sparse=False)

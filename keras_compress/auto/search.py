@@ -111,6 +111,7 @@ def auto_compress(
     metric=None,
     loss=None,
     quantization="int8",
+    strip_names=True,
     epochs=4,
     batch_size=32,
     learning_rate=1e-3,
@@ -161,6 +162,11 @@ def auto_compress(
             plan, each with its own measured cost models (for a latency
             budget on a CPU where a small model runs faster in float, say
             `("int8", "float")`). Uniform baselines use the first.
+        strip_names: make every file without its internal tensor names
+            (`to_tflite(strip_names=True)`: debug information no runtime
+            reads, a few hundred bytes; inputs, outputs and signatures keep
+            theirs), the file a deployment ships; False keeps them (for
+            `fidelity_report`).
         epochs: fine-tuning epochs of each recovery (and of each baseline).
         batch_size: fine-tuning batch size.
         learning_rate: Adam's learning rate for recovery.
@@ -169,9 +175,13 @@ def auto_compress(
         search: `"exhaustive"`, `"greedy"` or `"auto"` (exhaustive when at
             most `EXHAUSTIVE_LIMIT` combinations).
         screen: how many plans that fit the budget each get one epoch of
-            recovery before the best of them trains `epochs` (1 turns this
-            off): the one with the smallest predicted drop, runners-up, the
-            one that keeps the most parameters and the uniform one.
+            recovery before one of them trains `epochs` (1 turns this off):
+            the one with the smallest predicted drop, runners-up, the one
+            that keeps the most parameters and the most even one (a uniform
+            removal, then each group grown back while the plan fits). The one that
+            goes on has the most parameters among those whose held-out
+            accuracy is within one standard error of the best (the best, for
+            another metric).
         baselines: also make the uniform baselines at the same budget.
         max_rounds: the most models the search trains (>= 1).
         out: a folder to write the model, its file and the report to.
@@ -197,6 +207,7 @@ def auto_compress(
     budget = _check_budget(api, max_bytes, size_by, max_latency_ms, threads, max_macs, max_drop)
     modes = _check_modes(api, quantization)
     check_choice(api, "runtime", runtime, RUNTIMES)
+    check_bool(api, "strip_names", strip_names)
     if latency_fn is not None and not callable(latency_fn):
         raise TypeError(f"{api}: latency_fn must be None or a function (flatbuffer bytes) -> p50 ms, "
                         f"got {describe(latency_fn)}.")
@@ -223,7 +234,7 @@ def auto_compress(
                          + ". Use kc.quantization or kc.pruning by hand.")
     budget["metric"] = "accuracy" if metric is None else getattr(metric, "__name__", "metric")
     run = _Run(api, model, train, valid, budget, metric, loss_fn, epochs, batch_size, learning_rate, seed, verbose)
-    run.quantization, run.runtime, run.latency_fn = modes[0], runtime, latency_fn
+    run.quantization, run.runtime, run.latency_fn, run.strip_names = modes[0], runtime, latency_fn, strip_names
     seconds = {}
 
     # 1. Reference files.
@@ -288,7 +299,8 @@ def auto_compress(
                 run.candidates.append(candidate)
                 screened.append((candidate, student, mode, counts, predicted))
             candidate, student, mode, counts, predicted = run.pick(screened)
-            run.say(f"{label}: {candidate.name} is best after 1 epoch; {epochs - 1} more epoch(s)")
+            run.say(f"{label}: {candidate.name} goes on ({epochs - 1} more epoch(s)): the most parameters "
+                    "among the best after 1 epoch, within the validation noise")
             if epochs > 1:
                 student = run.fit(_copy(student), run.teacher_targets(), epochs - 1, pruning=False)
         else:
@@ -561,8 +573,8 @@ class _Allocator:
         """Up to `count` distinct plans that fit `targets`, to screen by a
         short recovery: per mode, the best by predicted drop (`method`) and
         (exhaustive) its runners-up, the plan that keeps the most parameters
-        (the most capacity to recover) and the uniform plan; ordered so that
-        every mode's best comes first."""
+        (the most capacity to recover) and the most even plan that fits
+        (`even`); ordered so that every mode's best comes first."""
         per_mode = []
         for mode in self.modes:
             plans = []
@@ -580,11 +592,31 @@ class _Allocator:
                     add(min(ranked, key=lambda r: (r[1], r[0]))[2])
             else:
                 add(self._greedy(targets, mode))
-            add(self.uniform(targets, mode))
+            add(self.even(targets, mode))
             per_mode.append([(mode, c) for c in plans])
         ordered = [p for rank in itertools.zip_longest(*per_mode) for p in rank if p is not None]
         plans = [(m, c, self.predicted(m, c)) for m, c in ordered[:count]]
         return plans or [self.allocate(targets, method)]
+
+    def even(self, targets, mode=None):
+        """The most even plan that fits: the uniform one, then, group by
+        group (the most sensitive first), one fraction step less removed
+        while the plan still fits; None when no uniform plan fits."""
+        counts = self.uniform(targets, mode)
+        if counts is None:
+            return None
+        index = [next(j for j, o in enumerate(opts) if o[0] == c) for opts, c in zip(self.options, counts)]
+        grown = True
+        while grown:
+            grown = False
+            for i in sorted(range(len(index)), key=lambda i: -self.options[i][index[i]][2]):
+                if index[i] == 0:
+                    continue
+                trial = list(index)
+                trial[i] -= 1
+                if self._fits(self.predict([self.options[k][j][0] for k, j in enumerate(trial)], mode), targets):
+                    index, grown = trial, True
+        return [self.options[k][j][0] for k, j in enumerate(index)]
 
     def uniform(self, targets, mode=None):
         """The removal counts of the smallest uniform fraction (one per group,
@@ -648,7 +680,8 @@ class _Run:
     # -- measuring
     def convert(self, model, quantization=None):
         quantization = quantization or self.quantization
-        options = {"quantization": None if quantization == "float" else quantization, "size_by": self.budget["size_by"]}
+        options = {"quantization": None if quantization == "float" else quantization,
+                   "size_by": self.budget["size_by"], "strip_names": self.strip_names}
         if quantization in ("int8", "int16x8"):
             options.update(representative_data=self.calibration, calibration_steps=200)
         return to_tflite(model, **options)
@@ -809,12 +842,25 @@ class _Run:
         return self.fit(student, self.teacher_targets(), epochs or self.epochs, pruning=False)
 
     def pick(self, screened):
-        """The screened `(candidate, ...)` with the best metric among those
-        within the resource budgets, else the one closest to them."""
+        """The screened `(candidate, ...)` to train on: among those within the
+        resource budgets, the one with the most parameters whose metric is
+        within `tie` of the best (one epoch cannot tell apart plans closer than
+        the validation set's noise, and the larger one has more to recover
+        with); else the one closest to the budgets."""
         within = [s for s in screened if not self.over_budget(s[0])]
-        if within:
-            return max(within, key=lambda s: s[0].metric)
-        return min(screened, key=lambda s: self._load(s[0]))
+        if not within:
+            return min(screened, key=lambda s: self._load(s[0]))
+        best = max(s[0].metric for s in within)
+        tied = [s for s in within if s[0].metric >= best - self.tie(best)]
+        return max(tied, key=lambda s: (s[0].params, s[0].metric))
+
+    def tie(self, metric):
+        """For accuracy, one standard error of an accuracy `metric` on the
+        validation samples, sqrt(p (1 - p) / n); 0 for another metric."""
+        if self.score is not _accuracy:
+            return 0.0
+        p = min(max(metric, 0.0), 1.0)
+        return math.sqrt(p * (1 - p) / len(self.valid[1]))
 
     def recover_sparse(self, costs, counts, mode):
         """Structured removals by `counts`, recovered; then per-layer

@@ -236,3 +236,29 @@ def run_job(directory):
 
 if __name__ == "__main__":
     run_job(sys.argv[1])
+
+
+def strip_names(flatbuffer):
+    """`flatbuffer` without the names of its internal tensors.
+
+    A converted file names every tensor after the ops that made it
+    ("model/conv2d_1/Relu;model/conv2d_1/convolution"): debug information
+    that no runtime reads, a few hundred bytes of a small model. The inputs,
+    the outputs and the signatures keep their names, so `predict_tflite`,
+    the signature runner and `inspect_tflite` work as before; the tensors'
+    data and the ops are untouched (the file computes the same outputs).
+    Tools that map tensors back to layers by name (`fidelity_report`) need
+    the unstripped file.
+    """
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    content = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    for subgraph in content.subgraphs:
+        keep = set(subgraph.inputs) | set(subgraph.outputs)
+        for signature in content.signatureDefs or []:
+            if signature.subgraphIndex == content.subgraphs.index(subgraph):
+                keep |= {t.tensorIndex for t in (signature.inputs or []) + (signature.outputs or [])}
+        for index, tensor in enumerate(subgraph.tensors):
+            if index not in keep:
+                tensor.name = b""
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(content))

@@ -63,6 +63,7 @@ def to_tflite(
     float_layers=None,
     strict=False,
     isolate="auto",
+    strip_names=False,
 ):
     """Converts a Keras model to a TFLite (LiteRT) flatbuffer.
 
@@ -189,6 +190,10 @@ def to_tflite(
             flow (While or If ops, such as a recurrent layer that is not
             unrolled); `True`: always; `False`: never. A child process costs
             the start of a Python process with TensorFlow (a few seconds).
+        strip_names: remove the names of the file's internal tensors (debug
+            information, a few hundred bytes of a small model; the inputs,
+            outputs and signatures keep theirs): what a microcontroller
+            deployment ships. `fidelity_report` needs the names.
 
     The TFLite converter's own log lines (`fully_quantize: 0, ...`) are
     kept off the terminal: a failed conversion's error ends with them, and
@@ -217,6 +222,7 @@ def to_tflite(
     ```
     """
     check_choice("to_tflite", "size_by", size_by, conversion.SIZE_MEASURES)
+    check_bool("to_tflite", "strip_names", strip_names)
     _check_arguments(model, output, quantization, calibration_steps, int8_io, sparse, batch_size,
                      strict, isolate)
     quantization = _resolve_quantization(model, quantization)
@@ -261,6 +267,8 @@ def to_tflite(
         dense = dense_zero_tensors(flatbuffer, model, SPARSE_AUTO_MIN_SPARSITY)
         if dense:
             warnings.warn(dense_zeros_message(dense, model.name), DenseZerosWarning, stacklevel=2)
+    if strip_names:
+        flatbuffer = conversion.strip_names(flatbuffer)
     if output is not None:
         with open(output, "wb") as f:
             f.write(flatbuffer)
