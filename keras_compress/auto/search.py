@@ -64,9 +64,9 @@ from tflite_bench.runtime import RUNTIMES
 logger = logging.getLogger(__name__)
 
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
-CALIBRATION_FRACTIONS = (0.0, 0.25, 0.5, 0.625, 0.75, 0.875)
+CALIBRATION_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 0.875)
 EXHAUSTIVE_LIMIT = 20000
-LATENCY_SECONDS = 0.6  # invoke time per latency measurement (a quarter without a latency budget)
+LATENCY_SECONDS = 0.3  # invoke time per latency measurement (a quarter without a latency budget)
 LATENCY_REPEATS = 3
 QUANTIZATIONS = ("int8", "int16x8", "float16", "dynamic", "float")
 MAX_EXTRA_TRAINING = 2  # rounds of `epochs` more training of a plan that misses max_drop, while it improves
