@@ -933,15 +933,18 @@ class _Run:
 
     # -- choosing
     def best(self):
-        """The feasible candidate with the best metric (a uniform baseline
-        too, when it beat the search); else the best metric within the
-        resource budgets (the metric budget missed); else the one closest to
-        the resource budgets."""
+        """Among the feasible candidates (a uniform baseline too), the
+        smallest or fastest (the lowest resource/budget ratio) of those whose
+        metric is within one standard error of the best (`tie`); else the
+        best metric within the resource budgets (the metric budget missed);
+        else the one closest to the resource budgets."""
         searched = self.candidates
         feasible = [c for c in searched if c.feasible]
         within = [c for c in searched if not self.over_budget(c)]
         if feasible:
-            best = max(feasible, key=lambda c: (c.metric, -self._load(c)))
+            top = max(c.metric for c in feasible)
+            tied = [c for c in feasible if c.metric >= top - self.tie(top)]
+            best = min(tied, key=lambda c: (self._load(c), -c.metric))
         elif within:
             best = max(within, key=lambda c: (c.metric, -self._load(c)))
         else:
