@@ -61,10 +61,9 @@ class AutoResult:
         model: the chosen compressed Keras model (a new model; the input
             model is not modified).
         tflite: the chosen model's `.tflite` file (bytes).
-        best: the chosen `Candidate`: of the feasible ones whose metric is
-            within one standard error of the best (accuracy; the best, for
-            another metric), the smallest or fastest; when none is feasible,
-            the best metric within the resource budgets, else the closest.
+        best: the chosen `Candidate`: the feasible one with the best metric
+            (of equals, the smallest or fastest); when none is feasible, the
+            best metric within the resource budgets, else the closest.
         met: whether `best` meets every budget.
         reason: a sentence saying what was met, or why not and what the
             closest reachable point is.

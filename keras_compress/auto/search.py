@@ -933,18 +933,18 @@ class _Run:
 
     # -- choosing
     def best(self):
-        """Among the feasible candidates (a uniform baseline too), the
-        smallest or fastest (the lowest resource/budget ratio) of those whose
-        metric is within one standard error of the best (`tie`); else the
-        best metric within the resource budgets (the metric budget missed);
-        else the one closest to the resource budgets."""
+        """The feasible candidate (a uniform baseline too) with the best
+        metric, the smallest or fastest of equals; else the best metric
+        within the resource budgets (the metric budget missed); else the one
+        closest to the resource budgets. (Preferring the smallest of those
+        within one standard error of the best picked, on one seed of the
+        benchmark, a file at the limit of `max_drop` on the held-out data
+        and a point over it on the test data.)"""
         searched = self.candidates
         feasible = [c for c in searched if c.feasible]
         within = [c for c in searched if not self.over_budget(c)]
         if feasible:
-            top = max(c.metric for c in feasible)
-            tied = [c for c in feasible if c.metric >= top - self.tie(top)]
-            best = min(tied, key=lambda c: (self._load(c), -c.metric))
+            best = max(feasible, key=lambda c: (c.metric, -self._load(c)))
         elif within:
             best = max(within, key=lambda c: (c.metric, -self._load(c)))
         else:
