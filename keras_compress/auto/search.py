@@ -794,7 +794,8 @@ class _Run:
                  "macs": lambda v: f"{v['macs']:,} MACs"}
         raise ValueError(
             f"{self.api}: the budget cannot be reached: "
-            + "; ".join(f"max_{r}={self.budget[r]:,}" for r in missed)
+            + "; ".join(f"max_{r}={self.budget[r]:,}" if isinstance(self.budget[r], int)
+                        else f"max_{r}={self.budget[r]:.6g}" for r in missed)
             + ". The smallest model the search can make (every group down to "
             + ", ".join(f"{costs.key(g)} {g.size - n}" for g, n in zip(costs.groups, counts))
             + " units" + (", 90% unstructured sparsity" if sparse is not None else "") + ") measures "
