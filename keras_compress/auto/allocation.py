@@ -170,9 +170,14 @@ def apply_plan(model, plan):
         result = keras.models.clone_model(model)
         result.set_weights(model.get_weights())
     for key, (action, amount) in plan.choices.items():
-        if action != "prune":
-            continue
-        for w in prunable_weights(result.get_layer(key)):
-            value = np.asarray(keras.ops.convert_to_numpy(w))
-            w.assign(value * np.asarray(keras.ops.convert_to_numpy(magnitude(value, amount))))
+        if action == "prune":
+            zero_smallest(result.get_layer(key), amount)
     return result
+
+
+def zero_smallest(layer, sparsity):
+    """Sets the `sparsity` fraction of smallest-magnitude values of each of
+    `layer`'s prunable weights to zero, in place."""
+    for w in prunable_weights(layer):
+        value = np.asarray(keras.ops.convert_to_numpy(w))
+        w.assign(value * np.asarray(keras.ops.convert_to_numpy(magnitude(value, sparsity))))

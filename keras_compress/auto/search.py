@@ -48,10 +48,10 @@ import keras
 import numpy as np
 
 from keras_compress import _data, _models
-from keras_compress.auto.allocation import plan_for_bytes
+from keras_compress.auto.allocation import plan_for_bytes, zero_smallest
 from keras_compress.auto.costs import StructureCosts, fit_linear, model_counts
 from keras_compress.auto.result import AutoResult, Candidate
-from keras_compress.auto.sensitivity import sensitivity_analysis
+from keras_compress.auto.sensitivity import _accuracy, sensitivity_analysis
 from keras_compress.distillation import Distiller
 from keras_compress.export import to_tflite
 from keras_compress.export.interpreter import predict_tflite
@@ -462,14 +462,6 @@ def _check_modes(api, quantization):
     return tuple(modes)
 
 
-def _accuracy(y_true, y_pred):
-    y_pred = np.asarray(y_pred)
-    predicted = (y_pred.reshape(-1) > 0.5).astype(int) if y_pred.shape[-1] == 1 else y_pred.argmax(-1)
-    y_true = np.asarray(y_true)
-    truth = y_true.argmax(-1) if y_true.ndim > 1 and y_true.shape[-1] > 1 else y_true.reshape(-1)
-    return float(np.mean(predicted.reshape(-1) == truth.reshape(-1)))
-
-
 # --------------------------------------------------------------------------
 # Plans
 
@@ -749,10 +741,9 @@ class _Run:
         for fraction in CALIBRATION_FRACTIONS:
             counts = [int(math.floor(fraction * g.size)) if fraction else 0 for g in costs.groups]
             counts = [min(n, g.size - 1) for n, g in zip(counts, costs.groups)]
-            narrow = shrink(self.model, {g.producers[0].name: n / g.size for g, n in zip(costs.groups, counts)},
-                            criterion="l1") if any(counts) else self.model
+            narrow = self.narrow(costs, counts)
             flatbuffer = self.convert(narrow, mode)
-            size = len(gzip.compress(flatbuffer, 9)) if self.budget["size_by"] == "gzip" else len(flatbuffer)
+            size = self.size_of(flatbuffer)
             structure = costs.counts(counts)
             points["bytes"].append((structure, size))
             if "latency_ms" in self.budget["resources"]:
@@ -772,8 +763,7 @@ class _Run:
         bytes, 90% unstructured sparsity)."""
         counts = [g.size - max(1, int(math.ceil((1 - max(DEFAULT_FRACTIONS)) * g.size))) for g in costs.groups]
         counts = [max(0, min(n, g.size - 1)) for n, g in zip(counts, costs.groups)]
-        smallest = shrink(self.model, {g.producers[0].name: n / g.size for g, n in zip(costs.groups, counts)},
-                          criterion="l1") if any(counts) else _copy(self.model)
+        smallest = self.narrow(costs, counts)
         sparse = None
         if "bytes" in self.budget["resources"]:
             sparse = _copy(smallest)
@@ -814,14 +804,9 @@ class _Run:
 
     def teacher_targets(self):
         if self._targets is None:
-            distiller = self._distiller(self._fresh_student())
+            distiller = self._distiller(_copy(self.model))
             self._targets = distiller.cache_teacher(_x(self.train[0]), self.train[1])
         return self._targets
-
-    def _fresh_student(self):
-        student = keras.models.clone_model(self.model)
-        student.set_weights(self.model.get_weights())
-        return student
 
     def _distiller(self, student):
         distiller = Distiller(student=student, teacher=self.teacher())
@@ -837,9 +822,15 @@ class _Run:
                       callbacks=callbacks, shuffle=True)
         return student
 
+    def narrow(self, costs, counts):
+        """A copy of the model without `counts[i]` units of group `i` (`shrink`, L1 norm)."""
+        if not any(counts):
+            return _copy(self.model)
+        return shrink(self.model, {g.producers[0].name: n / g.size for g, n in zip(costs.groups, counts) if n},
+                      criterion="l1")
+
     def recover(self, costs, counts, epochs=None):
-        student = shrink(self.model, {g.producers[0].name: n / g.size for g, n in zip(costs.groups, counts) if n},
-                         criterion="l1") if any(counts) else self._fresh_student()
+        student = self.narrow(costs, counts)
         return self.fit(student, self.teacher_targets(), epochs or self.epochs, pruning=False)
 
     def pick(self, screened):
@@ -904,7 +895,7 @@ class _Run:
         # Uniform unstructured sparsity: the lowest level whose file fits.
         level = None
         for sparsity in UNIFORM_SPARSITIES:
-            trial = self._fresh_student()
+            trial = _copy(self.model)
             _zero_smallest(trial, sparsity)
             if self.size_of(self.convert(trial)) <= self.budget["bytes"]:
                 level = sparsity
@@ -912,7 +903,7 @@ class _Run:
         names = [layer.name for layer in _prunable_layers(self.model)]
         if level is None:
             level = UNIFORM_SPARSITIES[-1]
-            trial = self._fresh_student()
+            trial = _copy(self.model)
             _zero_smallest(trial, level)
             candidate = self.measure(trial, f"uniform sparsity {level:.0%}", "uniform-sparsity",
                                      {n: ("prune", level) for n in names},
@@ -921,7 +912,7 @@ class _Run:
             self.candidates.append(candidate)
             return
         self.say(f"baseline: every layer pruned to {level:.0%} sparsity")
-        wrapped = _prune_layers(self._fresh_student(), {n: level for n in names})
+        wrapped = _prune_layers(_copy(self.model), {n: level for n in names})
         self.fit(wrapped, self.teacher_targets(), self.epochs, pruning=True)
         final = strip_pruning(wrapped)
         candidate = self.measure(final, f"uniform sparsity {level:.0%}", "uniform-sparsity",
@@ -996,13 +987,8 @@ def _safe_prunable(layer, prunable_weights):
 
 
 def _zero_smallest(model, sparsity):
-    from keras_compress.pruning.criteria import magnitude
-    from keras_compress.pruning.wrapper import prunable_weights
-
     for layer in _prunable_layers(model):
-        for w in prunable_weights(layer):
-            value = np.asarray(keras.ops.convert_to_numpy(w))
-            w.assign(value * np.asarray(keras.ops.convert_to_numpy(magnitude(value, sparsity))))
+        zero_smallest(layer, sparsity)
 
 
 def _prune_layers(model, sparsities):
