@@ -14,6 +14,11 @@ on images 7,000-8,000 and the uniform baselines:
     (`--residual-fraction`); the chosen plan
     must keep the Add-tied groups whole.
 
+When `auto_compress` refuses a latency budget as unreachable, the latency
+floor of this runtime is measured beside it: the fastest models that still
+read the image with a full-resolution 3x3 convolution, with one conv block
+removed, and a linear model (float and int8, paired with the float file).
+
 Printed per run: budget met, chosen bytes and p50 as ratios to the float file
 (p50s measured side by side, interleaved rounds, median), validation drop,
 TEST accuracy drop on the 2,000 test images (float Keras model and float file
@@ -196,6 +201,42 @@ def print_run(label, row):
           + ", ".join(f"{p} {fmt(v, '+.3f')}" for p, v in row["correlations"].items()))
 
 
+def latency_floor(float_file, calibration):
+    """p50 of the fastest models that still read the image with a 3x3
+    convolution at full resolution (and of a linear model, which does not),
+    float and int8, each against the float demo CNN's file in interleaved
+    rounds: how far narrowing and removing layers can go on this runtime."""
+    layers = keras.layers
+
+    def build(*stack):
+        inputs = keras.Input((28, 28, 1))
+        x = inputs
+        for layer in stack:
+            x = layer(x)
+        return keras.Model(inputs, x)
+
+    shapes = {
+        "conv(2)+pool+conv(4)+pool+fc(8)+fc(10)": lambda: build(
+            layers.Conv2D(2, 3, activation="relu"), layers.MaxPooling2D(), layers.Conv2D(4, 3, activation="relu"),
+            layers.MaxPooling2D(), layers.Flatten(), layers.Dense(8, activation="relu"), layers.Dense(10)),
+        "conv(2)+pool+fc(8)+fc(10) (a conv block removed)": lambda: build(
+            layers.Conv2D(2, 3, activation="relu"), layers.MaxPooling2D(), layers.Flatten(),
+            layers.Dense(8, activation="relu"), layers.Dense(10)),
+        "fc(10) (linear: no convolution)": lambda: build(layers.Flatten(), layers.Dense(10)),
+    }
+    files = {"float demo CNN": float_file}
+    for name, make in shapes.items():
+        model = make()
+        files[f"{name}, float"] = kc.export.to_tflite(model, quantization=None)
+        files[f"{name}, int8"] = kc.export.to_tflite(model, quantization="int8", representative_data=calibration)
+    p50 = paired_p50(files, ARGS.rounds)
+    print("   latency floor on this runtime (1 thread, untrained weights; p50 / float demo CNN's p50):")
+    for name, value in p50.items():
+        if name != "float demo CNN":
+            print(f"     {name:<58} {1000 * value:6.2f} us = {value / p50['float demo CNN']:.3f}x")
+    return {name: value / p50["float demo CNN"] for name, value in p50.items()}
+
+
 def search(label, row, model, *args, **kwargs):
     """`auto_compress(model, *args, **kwargs)`, or None when it refuses the
     budget as unreachable (its ValueError, printed and kept in `row`)."""
@@ -282,6 +323,8 @@ def main():
                     r = search(f"seed {seed}, {part}", row, base, train_data, valid_data,
                                max_latency_ms=max_latency, threads=1, max_drop=MAX_DROP, baselines=True,
                                verbose=False, seed=seed, **SEARCH_OPTIONS)
+                    if r is None:
+                        row["floor"] = latency_floor(float_file, xt[:200])
                     if r is not None:
                         row.update(describe_run(r, float_file, keras_acc, file_acc, (xs, ys), train_seconds,
                                                 float_p50))

@@ -210,3 +210,24 @@ def test_a_named_layer_without_structured_candidates_is_named_in_a_warning(train
         report = sensitivity_analysis(model, (x, y), sparsities=(0.5,), fractions=(0.5,), layers=["logits"],
                                       verbose=False)
     assert report.layers("shrink") == [] and report.layers() == ["logits"]
+
+
+def test_eager_batches_predict_like_model_predict_for_several_inputs_and_outputs():
+    """Shrunk copies are evaluated by eager calls on batches: the same
+    outputs as model.predict, for two inputs and two outputs, with a last
+    partial batch."""
+    from keras_compress.auto.sensitivity import _predict_eagerly
+
+    a, b = keras.Input((5,), name="a"), keras.Input((3,), name="b")
+    hidden = keras.layers.Dense(8, activation="relu")(keras.layers.Concatenate()([a, b]))
+    model = keras.Model([a, b], [keras.layers.Dense(4)(hidden), keras.layers.Dense(2)(hidden)])
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(37, 5)).astype("float32"), rng.normal(size=(37, 3)).astype("float32")]
+    expected = model.predict(x, batch_size=37, verbose=0)
+    got = _predict_eagerly(model, x, batch_size=16)
+    assert len(got) == 2 and got[0].shape == (37, 4) and got[1].shape == (37, 2)
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+    single = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    np.testing.assert_allclose(_predict_eagerly(single, x[0], 10), single.predict(x[0], verbose=0), rtol=1e-5,
+                               atol=1e-6)

@@ -376,3 +376,44 @@ def test_captured_converter_output_keeps_warnings_and_quotes_a_failure(capfd):
     assert "the converter's reason" in "\n".join(caught.value.__notes__)
     os.write(2, b"after\n")  # the descriptors are back
     assert capfd.readouterr().err == "after\n"
+
+
+def test_conversion_freezes_the_heap_for_tensorflows_collection_and_gives_it_back():
+    """TensorFlow's converter runs gc.collect() per conversion; to_tflite
+    freezes the objects that exist before it (so that collection scans only
+    the conversion's own) and unfreezes them after, leaving a freeze the
+    caller made alone. The file is the same either way."""
+    import gc
+
+    from keras_compress.export.conversion import frozen_heap
+
+    model = small_cnn()
+    assert gc.get_freeze_count() == 0
+    with frozen_heap():
+        inside = gc.get_freeze_count()
+    assert inside > 1000 and gc.get_freeze_count() == 0
+    seen = []
+    collect = gc.collect
+
+    def recording_collect(*args, **kwargs):
+        seen.append(gc.get_freeze_count())
+        return collect(*args, **kwargs)
+
+    gc.collect = recording_collect
+    try:
+        plain = to_tflite(model)
+    finally:
+        gc.collect = collect
+    assert seen and min(seen) > 1000  # TensorFlow's collection ran with the heap frozen
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        mine = gc.get_freeze_count()
+        with frozen_heap():
+            assert gc.get_freeze_count() == mine
+        again = to_tflite(model)
+        assert gc.get_freeze_count() == mine  # the caller's freeze is left as it was
+    finally:
+        gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    assert again == plain

@@ -69,6 +69,7 @@ EXHAUSTIVE_LIMIT = 20000
 LATENCY_SECONDS = 0.3  # invoke time per latency measurement (a quarter without a latency budget)
 LATENCY_REPEATS = 3
 QUANTIZATIONS = ("int8", "int16x8", "float16", "dynamic", "float")
+STEPS_PER_EXECUTION = 16  # training steps per call of the distillation's train function
 MAX_EXTRA_TRAINING = 2  # rounds of `epochs` more training of a plan that misses max_drop, while it improves
 SPARSE_RELAX = 1.4  # the structured target of the sparsity round, times the byte budget
 UNIFORM_SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
@@ -808,15 +809,19 @@ class _Run:
             self._targets = distiller.cache_teacher(_x(self.train[0]), self.train[1])
         return self._targets
 
-    def _distiller(self, student):
+    def _distiller(self, student, pruning=False):
+        # Several steps per execution save a fifth of an epoch of a small
+        # model; pruning needs one, because UpdatePruningStep counts the
+        # steps by its per-batch callback.
         distiller = Distiller(student=student, teacher=self.teacher())
         distiller.compile(optimizer=keras.optimizers.Adam(self.lr), student_loss_fn=self.loss,
-                          distillation_loss_fn=keras.losses.KLDivergence(), alpha=0.1, temperature=4)
+                          distillation_loss_fn=keras.losses.KLDivergence(), alpha=0.1, temperature=4,
+                          steps_per_execution=1 if pruning else STEPS_PER_EXECUTION)
         return distiller
 
     def fit(self, student, targets, epochs, pruning):
         keras.utils.set_random_seed(self.seed)
-        distiller = self._distiller(student)
+        distiller = self._distiller(student, pruning)
         callbacks = [UpdatePruningStep()] if pruning else []
         distiller.fit(*targets, batch_size=self.batch_size, epochs=epochs, verbose=2 if self.verbose else 0,
                       callbacks=callbacks, shuffle=True)

@@ -8,6 +8,8 @@ not take the caller's process down. Run as a script, it converts the job
 that `write_job` put in a directory.
 """
 
+import contextlib
+import gc
 import gzip
 import json
 import os
@@ -98,7 +100,31 @@ def _convert_once(saved_model, options, calibration, sparse):
     elif options["int8_io"]:
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    return converter.convert()
+    with frozen_heap():
+        return converter.convert()
+
+
+@contextlib.contextmanager
+def frozen_heap():
+    """Runs the block with the objects that exist now out of the garbage
+    collector's reach (`gc.freeze`), then gives them back (`gc.unfreeze`).
+
+    TensorFlow's SavedModel converter calls `gc.collect()` once per
+    conversion, to free the model it loaded. In a process holding Keras and
+    TensorFlow (~400,000 tracked objects) that full collection costs ~0.2 s,
+    about 40% of converting a small model. Frozen, it scans only what the
+    conversion created, which still includes the loaded model. Skipped when
+    the process already froze objects (`gc.get_freeze_count()`), whose
+    freeze is not ours to undo.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def quantize_calibrated(calibrated, *, int8_io, float_nodes, sparse):
