@@ -10,6 +10,8 @@ own non-trainable state, and the config of nested Keras objects.
 
 import keras
 
+from keras_compress._backend import check_backend
+
 
 class Wrapper(keras.layers.Wrapper):
     """`keras.layers.Wrapper` with the package's common wrapper behaviour.
@@ -41,6 +43,7 @@ class Wrapper(keras.layers.Wrapper):
             raise ValueError(f"{cls.__name__} cannot wrap layer '{layer.name}': {reason}.")
 
     def __init__(self, layer, **kwargs):
+        check_backend(type(self).__name__)
         self.expect_layer(layer)
         if self.name_prefix:
             kwargs.setdefault("name", f"{self.name_prefix}{layer.name}")

@@ -47,6 +47,7 @@ import time
 import keras
 import numpy as np
 
+from keras_compress._backend import check_backend
 from keras_compress import _data, _models
 from keras_compress.auto.allocation import plan_for_bytes, zero_smallest
 from keras_compress.auto.costs import StructureCosts, fit_linear, model_counts
@@ -198,6 +199,7 @@ def auto_compress(
             model, or a budget below the smallest model the search can make
             (the message gives that model's measured size or latency).
     """
+    check_backend("auto_compress")
     api = "auto_compress"
     started = time.perf_counter()
     _models.check_graph_model(model, api, "auto_compress on a Functional model wrapping it")

@@ -27,6 +27,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_compress._backend import check_backend
 from keras_compress import _data, _models
 from keras_compress.pruning.criteria import magnitude
 from keras_compress.pruning.structured import dependency_groups, shrink
@@ -233,6 +234,7 @@ def sensitivity_analysis(
     Raises:
         TypeError / ValueError: a bad argument, naming it; nothing changed.
     """
+    check_backend("sensitivity_analysis")
     api = "sensitivity_analysis"
     _models.check_graph_model(model, api, "sensitivity_analysis on a Functional model wrapping it")
     levels = _check_levels(api, "sparsities", sparsities)

@@ -15,6 +15,7 @@ from keras.src.losses.loss import scale_loss_for_distribution
 from keras.src.trainers.compile_utils import CompileMetrics
 
 from keras_compress import _data
+from keras_compress._backend import check_backend
 from keras_compress._models import check_finite_weights
 from keras_compress.distillation.losses import (
     feature_distillation_loss,
@@ -183,6 +184,7 @@ class Distiller(keras.Model):
     """
 
     def __init__(self, student, teacher, hints=None, **kwargs):
+        check_backend("Distiller")
         super().__init__(**kwargs)
         _check_model(student, "student")
         teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]

@@ -9,8 +9,9 @@ import warnings
 import keras
 import numpy as np
 
+from keras_compress._backend import check_backend
 from keras_compress._models import check_finite_weights, masked_attention, walk_layers
-from keras_compress.export import conversion, isolation
+from keras_compress.export import backend_bridge, conversion, isolation
 from keras_compress.export.converter_output import captured_converter_output
 from keras_compress.export.calibration import calibration_samples
 from keras_compress.export.dense_zeros import (
@@ -221,6 +222,7 @@ def to_tflite(
                        representative_data={"numbers": numbers, "image": images})
     ```
     """
+    check_backend("to_tflite")
     check_choice("to_tflite", "size_by", size_by, conversion.SIZE_MEASURES)
     check_bool("to_tflite", "strip_names", strip_names)
     _check_arguments(model, output, quantization, calibration_steps, int8_io, sparse, batch_size,
@@ -230,6 +232,16 @@ def to_tflite(
     inputs, pack = model_inputs(model, input_signature)
     _check_int16x8_inputs(model, inputs, quantization)
     check_finite_weights(model, "to_tflite")
+    if keras.backend.backend() != "tensorflow":
+        flatbuffer = _to_tflite_on_tensorflow(
+            model, inputs, representative_data, input_signature,
+            {"quantization": quantization, "calibration_steps": calibration_steps, "int8_io": int8_io,
+             "sparse": sparse, "size_by": size_by, "batch_size": batch_size, "float_layers": float_layers,
+             "strict": strict, "isolate": isolate, "strip_names": strip_names})
+        if output is not None:
+            with open(output, "wb") as f:
+                f.write(flatbuffer)
+        return flatbuffer
     float_layers = _check_float_layers(model, float_layers, quantization, representative_data)
     float_layers += _masked_attention_kept_float(model, quantization, representative_data, float_layers, strict)
     calibration = None
@@ -273,6 +285,28 @@ def to_tflite(
         with open(output, "wb") as f:
             f.write(flatbuffer)
     return flatbuffer
+
+
+def _to_tflite_on_tensorflow(model, inputs, representative_data, input_signature, options):
+    """The conversion of a model of another backend, by the TensorFlow
+    backend in a child process (`backend_bridge`), with the calibration
+    samples read and checked here."""
+    if input_signature is not None:
+        raise ValueError(
+            f"to_tflite: input_signature is for subclassed models on the TensorFlow backend; on the "
+            f"{keras.backend.backend()} backend the model is converted from a .keras file, which must "
+            "describe its inputs: give a Functional or Sequential model, or convert on "
+            "KERAS_BACKEND=tensorflow."
+        )
+    if isinstance(options["float_layers"], str):
+        options["float_layers"] = [options["float_layers"]]
+    elif options["float_layers"] is not None:
+        options["float_layers"] = list(options["float_layers"])
+    calibration = None
+    if _needs_calibration(model, options["quantization"], representative_data):
+        calibration = calibration_samples(model.name, inputs, options["quantization"], representative_data,
+                                          options["calibration_steps"])
+    return backend_bridge.to_tflite_on_tensorflow(model, options, calibration)
 
 
 def _check_arguments(model, output, quantization, calibration_steps, int8_io, sparse, batch_size,

@@ -113,7 +113,19 @@ class _StepTracking(keras.callbacks.Callback):
         self._step = self._epoch_start + batch
         self._last_batch = batch
 
+    def _sync_state(self):
+        """On JAX, `fit` keeps the variables' values outside the model
+        between batches; the `model` property of a callback puts them back
+        (and the next step reads what the callback assigned)."""
+        if keras.backend.backend() == "jax":
+            self.model  # noqa: B018 (the property syncs the JAX state)
+
     def on_epoch_end(self, epoch, logs=None):
+        if keras.backend.backend() == "jax":
+            # JAX's optimizer step cannot apply the masks (see _MaskConstraint):
+            # the variables get their exact zeros back here.
+            for wrapper in self._wrappers:
+                wrapper.apply_masks()
         if self._last_batch is None:
             return
         if self._steps_per_call() == 1:
@@ -278,19 +290,20 @@ class UpdatePruningStep(_StepTracking):
         for schedule, wrappers, is_global in self._groups:
             due = [s for s in span if schedule.should_prune(s)]
             if due:
+                self._sync_state()
                 self._prune(wrappers, schedule.sparsity(due[-1]), is_global)
 
     @staticmethod
     def _prune(wrappers, sparsity, is_global):
         if is_global:
-            weights = [w for wrapper in wrappers for w in wrapper.pruned_weights]
+            weights = [w for wrapper in wrappers for w in wrapper.masked_weights()]
             masks = iter(criteria.global_magnitude(weights, sparsity))
             for wrapper in wrappers:
                 wrapper.set_masks([next(masks) for _ in wrapper.pruned_weights])
         else:
             for wrapper in wrappers:
                 wrapper.set_masks(
-                    [criteria.magnitude(w, sparsity) for w in wrapper.pruned_weights]
+                    [criteria.magnitude(w, sparsity) for w in wrapper.masked_weights()]
                 )
 
 
@@ -374,9 +387,10 @@ class ThresholdPruning(_StepTracking):
 
     def prune(self):
         """Thresholds every wrapper now (masks are only ever narrowed)."""
+        self._sync_state()
         for wrapper in self._wrappers:
             wrapper.set_masks(
-                [m * self.masks_for(w) for w, m in zip(wrapper.pruned_weights, wrapper.masks)]
+                [m * self.masks_for(w) for w, m in zip(wrapper.masked_weights(), wrapper.masks)]
             )
 
     def on_train_begin(self, logs=None):

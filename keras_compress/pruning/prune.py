@@ -6,6 +6,7 @@ import warnings
 import keras
 from keras import ops
 
+from keras_compress._backend import check_backend
 from keras_compress import _models
 from keras_compress.pruning.schedules import ConstantSparsity
 from keras_compress.pruning.wrapper import (
@@ -85,6 +86,7 @@ def prune_low_magnitude(
     final = kc.pruning.strip_pruning(pruned)
     ```
     """
+    check_backend("prune_low_magnitude")
     options = dict(
         pruning_schedule=pruning_schedule,
         global_pruning=global_pruning,

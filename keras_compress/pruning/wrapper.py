@@ -136,6 +136,12 @@ class _MaskConstraint(keras.constraints.Constraint):
     def __call__(self, w):
         if self.inner is not None:
             w = self.inner(w)
+        if keras.backend.backend() == "jax":
+            # JAX's optimizer step is stateless and sees only the trainable
+            # and optimizer variables, not the mask. There the forward pass
+            # and every mask update read weight * mask, and the pruning
+            # callbacks zero the raw variables at each mask update and epoch end.
+            return w
         return w * ops.cast(self.mask, w.dtype)
 
 
@@ -230,6 +236,16 @@ class PruneWrapper(Wrapper):
     def pruned_weights(self):
         """The variables this wrapper masks, aligned with `masks`."""
         return list(self._pruned)
+
+    def masked_weights(self):
+        """The pruned weights as the forward pass reads them, weight * mask
+        (aligned with `pruned_weights`)."""
+        return [w * ops.cast(m, w.dtype) for w, m in zip(self._pruned, self.masks)]
+
+    def apply_masks(self):
+        """Zeroes the pruned entries of the variables (weight = weight * mask)."""
+        for w, m in zip(self._pruned, self.masks):
+            w.assign(w * ops.cast(m, w.dtype))
 
     def set_masks(self, masks):
         """Assigns new masks (aligned with `pruned_weights`) and zeroes the

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 from keras import layers as L
 
+from keras_compress._backend import check_backend
 from keras_compress import _models
 from keras_compress.quantization import rules
 from keras_compress.quantization.attention import (
@@ -178,6 +179,7 @@ def quantize_model(model, *, float_layers=None, preserve_sparsity=True, ema_deca
     kc.to_tflite(qat, "model_int8.tflite", quantization="int8")
     ```
     """
+    check_backend("quantize_model")
     _check_model(model, "quantize_model")
     float_names = _check_float_layers(model, float_layers, "quantize_model")
     quantizer = _Quantizer(

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_compress._backend import check_backend
 from keras_compress import _data, _models
 from keras_compress.pruning.structured.graph import LAYER_API, Analysis
 from keras_compress.pruning.structured.importance import CRITERIA, DATA_CRITERIA, measure, unit_scores
@@ -98,6 +99,7 @@ def shrink(
     small.compile(optimizer="adam", loss=...); small.fit(x, y, epochs=2)
     ```
     """
+    check_backend("shrink")
     options = _check_options(
         model, "shrink", criterion, data,
         dict(loss=loss, batch_size=batch_size, max_batches=max_batches, round_to=round_to),
