@@ -19,3 +19,10 @@ def check_backend(api):
            "CI here. " if backend == "torch" else "")
         + "A model saved as a .keras file on this backend loads on either supported one."
     )
+
+
+def counter_dtype():
+    """The dtype of step counters: int64, or int32 on JAX, whose default
+    configuration has no 64-bit integers (it would truncate them with a
+    warning at every variable); 2**31 steps is still plenty."""
+    return "int32" if keras.backend.backend() == "jax" else "int64"

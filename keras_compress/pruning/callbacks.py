@@ -129,7 +129,12 @@ class _StepTracking(keras.callbacks.Callback):
         if self._last_batch is None:
             return
         if self._steps_per_call() == 1:
-            self._step = self._epoch_start + self._last_batch + 1
+            expected = self._epoch_start + self._last_batch + 1
+            if int(self._wrappers[0].pruning_step.numpy()) == expected - 1:
+                # Data of unknown size (a sharded or filtered tf.data) ends by
+                # beginning one batch more than it has: that one did not run.
+                expected -= 1
+            self._step = expected
             self._sync_steps(self._step)
         else:  # the last call may have run fewer steps: the wrappers know
             self._step = int(self._wrappers[0].pruning_step.numpy())

@@ -4,6 +4,7 @@ import keras
 from keras import layers as L
 from keras import ops
 
+from keras_compress._backend import counter_dtype
 from keras_compress._wrappers import Wrapper
 from keras_compress.pruning import schedules as schedules_lib
 
@@ -226,7 +227,7 @@ class PruneWrapper(Wrapper):
             for w in self._pruned
         ]
         self.pruning_step = self.add_state(
-            "pruning_step", dtype="int64", aggregation="only_first_replica"
+            "pruning_step", dtype=counter_dtype(), aggregation="only_first_replica"
         )
         self.l1_strength = self.add_state("l1_strength", aggregation="none")
         for w, mask in zip(self._pruned, self.masks):

@@ -10,6 +10,7 @@ import keras
 from keras import ops
 from keras.quantizers import fake_quant_with_min_max_vars
 
+from keras_compress._backend import counter_dtype
 from tflite_bench.checks import check_bool
 
 # int8 weights are symmetric with zero point 0 in TFLite: [-127, 127].
@@ -45,14 +46,18 @@ def fake_quant_weights(kernel, limit, axis=None):
         The kernel rounded to the 255 levels of `[-limit, limit]` (zero point
         0); values outside are clipped. Gradients pass straight through.
     """
-    return fake_quant_with_min_max_vars(
-        ops.cast(kernel, "float32"),
-        -limit,
-        limit,
-        num_bits=WEIGHT_BITS,
-        narrow_range=True,
-        axis=None if axis is None else axis % len(kernel.shape),
-    )
+    kernel = ops.cast(kernel, "float32")
+    axis = None if axis is None else axis % len(kernel.shape)
+    last = len(kernel.shape) - 1
+    if axis is not None and axis != last and keras.backend.backend() != "tensorflow":
+        # Keras's fake quantization outside TensorFlow broadcasts per-channel
+        # ranges along the last axis whatever `axis` says (a depthwise
+        # kernel's channels are its third axis): quantize with the channels
+        # last, as TensorFlow's per-channel op does, and move them back.
+        moved = fake_quant_with_min_max_vars(ops.moveaxis(kernel, axis, -1), -limit, limit,
+                                             num_bits=WEIGHT_BITS, narrow_range=True, axis=last)
+        return ops.moveaxis(moved, -1, axis)
+    return fake_quant_with_min_max_vars(kernel, -limit, limit, num_bits=WEIGHT_BITS, narrow_range=True, axis=axis)
 
 
 def keep_zeros(weight):
@@ -229,7 +234,7 @@ class ActivationQuantizer(keras.layers.Layer):
 
         self.range_min = scalar("range_min", -6.0)
         self.range_max = scalar("range_max", 6.0)
-        self.updates = scalar("updates", 0, dtype="int64", aggregation="only_first_replica")
+        self.updates = scalar("updates", 0, dtype=counter_dtype(), aggregation="only_first_replica")
         super().build(input_shape)
 
     def call(self, inputs, training=None):
