@@ -26,3 +26,12 @@ def counter_dtype():
     configuration has no 64-bit integers (it would truncate them with a
     warning at every variable); 2**31 steps is still plenty."""
     return "int32" if keras.backend.backend() == "jax" else "int64"
+
+
+def require_tensorflow(api, why, alternative):
+    """Raises a `RuntimeError` naming `api`, the backend, `why` the feature
+    needs TensorFlow and the `alternative`, on any other backend."""
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(f"{api}: {why}, so it needs the 'tensorflow' backend; Keras runs on {backend!r}. "
+                           f"{alternative}")

@@ -135,3 +135,23 @@ def test_an_unsupported_backend_is_refused_before_any_work(monkeypatch, backend)
             call()
     monkeypatch.undo()
     assert_unchanged(model, before)
+
+
+def test_features_that_need_tensorflow_say_so_on_jax_before_any_work(monkeypatch):
+    """Gradient-based proxies and the search differentiate with TensorFlow:
+    on JAX they refuse up front, naming the backend and the alternative."""
+    import keras_compress as kc
+    from conftest import assert_unchanged, snapshot
+
+    model = small_cnn()
+    x, y = toy_data(16)
+    before = snapshot(model)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(RuntimeError, match=r"auto_compress: .*GradientTape.*'jax'.*KERAS_BACKEND=tensorflow"):
+        kc.auto.auto_compress(model, (x, y), max_bytes=1000)
+    with pytest.raises(RuntimeError, match=r"sensitivity_analysis: .*'jax'.*sparsities=\(\)"):
+        kc.auto.sensitivity_analysis(model, (x, y))
+    with pytest.raises(ValueError, match=r"criterion='taylor' needs the TensorFlow backend.*'jax'.*'l1'"):
+        kc.pruning.shrink(model, {model.layers[0].name: 0.5}, criterion="taylor", data=(x, y))
+    monkeypatch.undo()
+    assert_unchanged(model, before)

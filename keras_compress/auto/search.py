@@ -47,7 +47,7 @@ import time
 import keras
 import numpy as np
 
-from keras_compress._backend import check_backend
+from keras_compress._backend import check_backend, require_tensorflow
 from keras_compress import _data, _models
 from keras_compress.auto.allocation import plan_for_bytes, zero_smallest
 from keras_compress.auto.costs import StructureCosts, fit_linear, model_counts
@@ -200,6 +200,10 @@ def auto_compress(
             (the message gives that model's measured size or latency).
     """
     check_backend("auto_compress")
+    require_tensorflow("auto_compress", "its sensitivity proxies differentiate the loss with TensorFlow's "
+                       "GradientTape, and it converts dozens of files (on another backend each one in a child "
+                       "process)", "Save the model as a .keras file and run the search with "
+                       "KERAS_BACKEND=tensorflow; the result loads on any backend.")
     api = "auto_compress"
     started = time.perf_counter()
     _models.check_graph_model(model, api, "auto_compress on a Functional model wrapping it")

@@ -27,7 +27,7 @@ import warnings
 import keras
 import numpy as np
 
-from keras_compress._backend import check_backend
+from keras_compress._backend import check_backend, require_tensorflow
 from keras_compress import _data, _models
 from keras_compress.pruning.criteria import magnitude
 from keras_compress.pruning.structured import dependency_groups, shrink
@@ -248,6 +248,11 @@ def sensitivity_analysis(
     check_choice(api, "quantization", quantization, ("float", "dynamic", "float16", "int8", "int16x8"))
     if metric is not None and not callable(metric):
         raise TypeError(f"{api}: metric must be None (accuracy) or a function (y_true, y_pred) -> float, got {describe(metric)}.")
+    if levels:
+        require_tensorflow(api, "the Fisher and Taylor proxies of unstructured pruning differentiate the loss "
+                           "with TensorFlow's GradientTape",
+                           "Pass sparsities=() (structured fractions only), or run with KERAS_BACKEND=tensorflow "
+                           "on the model saved as a .keras file.")
     loss_fn = _loss(api, model, loss)
     candidates = _candidates(api, model, layers)
     arrays, y = _data.read_inputs(data, _data.input_specs(model), api=api, argument="data",

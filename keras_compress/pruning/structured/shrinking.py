@@ -221,7 +221,9 @@ def _check_options(model, api, criterion, data, options):
     loss_fn = None
     if criterion == "taylor":
         if keras.backend.backend() != "tensorflow":
-            raise ValueError(f"{api}: criterion='taylor' needs the TensorFlow backend.")
+            raise ValueError(f"{api}: criterion='taylor' needs the TensorFlow backend (it differentiates the "
+                             f"loss with TensorFlow's GradientTape); Keras runs on '{keras.backend.backend()}'. "
+                             "Use criterion='l1', 'l2' or 'apoz' there, or KERAS_BACKEND=tensorflow.")
         if hasattr(data, "shape"):
             raise ValueError(f"{api}: criterion='taylor' needs labels: pass data=(x, y).")
         loss = options["loss"] if options["loss"] is not None else getattr(model, "loss", None)
