@@ -16,13 +16,16 @@ from tflite_bench.android import device_record, parse_benchmark_model_output, ru
 from tflite_bench.inspect import TFLiteInfo, inspect_tflite
 from tflite_bench.interpreter import evaluate_tflite, load_interpreter, predict_tflite
 from tflite_bench.latency import measure_latency
+from tflite_bench.micro import ArenaEstimate, arena_estimate, to_c_source
 from tflite_bench.record import BenchmarkRecord, benchmark_model
 from tflite_bench.runtime import RUNTIMES
 
 __all__ = [
+    "ArenaEstimate",
     "BenchmarkRecord",
     "RUNTIMES",
     "TFLiteInfo",
+    "arena_estimate",
     "benchmark_model",
     "device_record",
     "evaluate_tflite",
@@ -33,4 +36,5 @@ __all__ = [
     "predict_tflite",
     "report",
     "run_on_device",
+    "to_c_source",
 ]

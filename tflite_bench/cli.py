@@ -48,7 +48,15 @@ def main(argv=None):
     run.add_argument("--adb-serial", help="device serial (adb -s)")
     run.add_argument("--adb-binary", default="/data/local/tmp/benchmark_model",
                      help="path of benchmark_model on the device")
+    micro = commands.add_parser("c-source", help="write a .tflite as a C array and header for microcontrollers, "
+                                "and print its tensor-arena estimate")
+    micro.add_argument("model", help="the .tflite file")
+    micro.add_argument("source", help="the C file to write (model_data.c or .cc); the .h goes next to it")
+    micro.add_argument("--name", default="model", help="the array's C name (NAME_len is its length)")
+    micro.add_argument("--alignment", type=int, default=16, help="array and tensor alignment in bytes")
     args = parser.parse_args(argv)
+    if args.command == "c-source":
+        return _c_source(args)
     from tflite_bench.progress import Progress
     from tflite_bench.record import benchmark_model
     from tflite_bench.report import text_table, write_report
@@ -94,6 +102,23 @@ def main(argv=None):
     if args.out:
         for written in write_report(records, args.out, plots=_has_matplotlib()):
             print(f"wrote {written}")
+    return 0
+
+
+def _c_source(args):
+    from tflite_bench.micro import arena_estimate, to_c_source
+
+    if not os.path.isfile(args.model):
+        print(f"tflite-bench: no such file: {args.model}", file=sys.stderr)
+        return 2
+    try:
+        written = to_c_source(args.model, args.source, name=args.name, alignment=args.alignment)
+        plan = arena_estimate(args.model, alignment=args.alignment)
+    except (ValueError, TypeError) as error:
+        print(f"tflite-bench: {error}", file=sys.stderr)
+        return 2
+    print("wrote " + " and ".join(written))
+    print(plan.summary())
     return 0
 
 
