@@ -307,9 +307,12 @@ class UpdatePruningStep(_StepTracking):
                 wrapper.set_masks([next(masks) for _ in wrapper.pruned_weights])
         else:
             for wrapper in wrappers:
-                wrapper.set_masks(
-                    [criteria.magnitude(w, sparsity) for w in wrapper.masked_weights()]
-                )
+                if wrapper.sparsity_m_by_n is not None:
+                    n, m = wrapper.sparsity_m_by_n
+                    masks = [criteria.m_by_n(w, n, m) for w in wrapper.masked_weights()]
+                else:
+                    masks = [criteria.magnitude(w, sparsity) for w in wrapper.masked_weights()]
+                wrapper.set_masks(masks)
 
 
 @keras.saving.register_keras_serializable(package="keras_compress")

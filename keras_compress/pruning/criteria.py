@@ -105,3 +105,57 @@ def relative_threshold(weights, alpha):
         raise ValueError(f"criteria.relative_threshold: alpha must be in [0, 1], got {alpha!r}.")
     w = ops.abs(ops.convert_to_tensor(weights))
     return ops.cast(w >= alpha * ops.max(w), "float32")
+
+
+def m_by_n(weights, n, m, axis=-2):
+    """N:M structured sparsity: in every block of `m` consecutive weights
+    along `axis` (the input-channel axis of a Dense or Conv kernel, -2), the
+    `n` of largest magnitude are kept and the others masked.
+
+    The blocks are taken at every other index fixed; a last block shorter
+    than `m` keeps its `n` largest too. Ties are broken by position (the
+    first kept), never by chance.
+
+    Args:
+        weights: a weight tensor of rank >= 2.
+        n: weights kept per block, 1 <= n < m.
+        m: the block length.
+        axis: the axis the blocks run along.
+
+    Returns:
+        A float32 mask of the shape of `weights`.
+
+    Example:
+
+    ```python
+    m_by_n(np.array([[1.0], [-5.0], [3.0], [0.5]]), 2, 4)  # [[0], [1], [1], [0]]
+    ```
+    """
+    import numpy as np
+
+    check_m_by_n("criteria.m_by_n", (n, m))
+    magnitudes = np.abs(np.asarray(ops.convert_to_numpy(weights), dtype="float64"))
+    if magnitudes.ndim < 2:
+        raise ValueError(f"criteria.m_by_n: weights must have rank >= 2, got shape {magnitudes.shape}.")
+    moved = np.moveaxis(magnitudes, axis, -1)
+    length = moved.shape[-1]
+    pad = -length % m
+    # Padding ranks below every real weight (magnitudes are >= 0).
+    padded = np.concatenate([moved, np.full(moved.shape[:-1] + (pad,), -1.0)], axis=-1)
+    blocks = padded.reshape(padded.shape[:-1] + (-1, m))
+    order = np.argsort(-blocks, axis=-1, kind="stable")
+    ranks = np.argsort(order, axis=-1, kind="stable")
+    keep = (ranks < n).reshape(padded.shape)[..., :length]
+    return np.moveaxis(keep, -1, axis).astype("float32")
+
+
+def check_m_by_n(api, value):
+    """`value` as an `(n, m)` tuple of ints with 1 <= n < m; raises naming `api`."""
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        raise ValueError(f"{api}: sparsity_m_by_n must be a pair (N, M) of integers, such as (2, 4), got {value!r}.")
+    n, m = value
+    if not 1 <= n < m:
+        raise ValueError(f"{api}: sparsity_m_by_n=(N, M) needs 1 <= N < M (N kept in each block of M), "
+                         f"got {tuple(value)!r}.")
+    return int(n), int(m)

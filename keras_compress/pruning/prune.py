@@ -6,14 +6,16 @@ import warnings
 import keras
 from keras import ops
 
-from keras_compress._backend import check_backend
 from keras_compress import _models
+from keras_compress._backend import check_backend
+from keras_compress.pruning.criteria import check_m_by_n
 from keras_compress.pruning.schedules import ConstantSparsity
 from keras_compress.pruning.wrapper import (
     SUPPORTED_LAYER_NAMES,
     PruneWrapper,
     check_options,
     describe,
+    m_by_n_reason,
     prunable_sublayers,
     prunable_weights,
     why_not_prunable,
@@ -33,6 +35,7 @@ def prune_low_magnitude(
     global_pruning=False,
     prune_bias=False,
     include_frozen=False,
+    sparsity_m_by_n=None,
 ):
     """Wraps the prunable layers of a model (or one layer) in `PruneWrapper`.
 
@@ -72,6 +75,12 @@ def prune_low_magnitude(
         include_frozen: also prune layers with `trainable=False`. Default
             False: they are skipped with a warning, and naming one in
             `layers` raises `ValueError`.
+        sparsity_m_by_n: `None`, or `(N, M)` such as `(2, 4)` (tfmot's
+            argument): at each pruning step of the schedule, every kernel
+            keeps the N largest of each M consecutive weights along its
+            input channels. Only Dense and Conv1D/2D/3D kernels have input
+            channels to block: with `layers=None` the other prunable layers
+            are left unpruned, named in a warning; naming one raises.
 
     Returns:
         The pruned model (a clone), or the wrapper(s) for layer input.
@@ -87,10 +96,13 @@ def prune_low_magnitude(
     ```
     """
     check_backend("prune_low_magnitude")
+    if sparsity_m_by_n is not None:
+        sparsity_m_by_n = check_m_by_n("prune_low_magnitude", sparsity_m_by_n)
     options = dict(
         pruning_schedule=pruning_schedule,
         global_pruning=global_pruning,
         prune_bias=prune_bias,
+        sparsity_m_by_n=sparsity_m_by_n,
     )
     if isinstance(to_prune, (list, tuple)) and all(
         isinstance(x, keras.layers.Layer) and not isinstance(x, keras.Model) for x in to_prune
@@ -100,12 +112,17 @@ def prune_low_magnitude(
         return PruneWrapper(to_prune, **options)
     _models.check_graph_model(to_prune, "prune_low_magnitude", _LAYER_API)
     _models.check_finite_weights(to_prune, "prune_low_magnitude")
-    check_options("prune_low_magnitude", **options)
+    check_options("prune_low_magnitude", pruning_schedule, global_pruning, prune_bias)
+    if sparsity_m_by_n is not None and (global_pruning or prune_bias):
+        raise ValueError("prune_low_magnitude: sparsity_m_by_n masks each kernel by its own blocks; it cannot be "
+                         "combined with global_pruning=True or prune_bias=True.")
     if not isinstance(include_frozen, bool):
         raise TypeError(
             f"prune_low_magnitude: include_frozen must be True or False, got {include_frozen!r}."
         )
     selected = _select_layers(to_prune, layers, include_frozen)
+    if sparsity_m_by_n is not None:
+        selected = _m_by_n_layers(to_prune, selected, named=layers is not None)
     if not selected:
         raise ValueError(
             f"prune_low_magnitude found nothing to prune in model '{to_prune.name}' "
@@ -125,6 +142,23 @@ def prune_low_magnitude(
     names = [layer.name for layer in _models.walk_layers(to_prune) if id(layer) in selected]
     logger.info("prune_low_magnitude wrapped %d layers: %s", len(names), ", ".join(names))
     return pruned
+
+
+def _m_by_n_layers(model, selected, named):
+    """The selected layers N:M sparsity can apply to; the others are named
+    in a warning, or refused when the caller named them."""
+    chosen = [l for l in _models.walk_layers(model) if id(l) in selected]
+    unfit = [l for l in chosen if m_by_n_reason(l)]
+    if unfit and named:
+        raise ValueError(f"prune_low_magnitude cannot apply sparsity_m_by_n to layer {describe(unfit[0])}: "
+                         f"{m_by_n_reason(unfit[0])}.")
+    if unfit:
+        warnings.warn(
+            f"prune_low_magnitude leaves {_names(unfit)} unpruned: sparsity_m_by_n runs along a kernel's input "
+            "channels, which only Dense and Conv1D/2D/3D layers have.",
+            stacklevel=3,
+        )
+    return {id(l) for l in chosen if not m_by_n_reason(l)}
 
 
 def _select_layers(model, layers, include_frozen):

@@ -7,6 +7,7 @@ from keras import ops
 from keras_compress._backend import counter_dtype
 from keras_compress._wrappers import Wrapper
 from keras_compress.pruning import schedules as schedules_lib
+from keras_compress.pruning.criteria import check_m_by_n
 
 # Which weights of which layer types are pruned. Bias is added on request.
 # A layer outside this table can still be pruned if it implements
@@ -124,6 +125,30 @@ def check_options(where, pruning_schedule, global_pruning, prune_bias):
             raise TypeError(f"{where}: {name} must be True or False, got {value!r}.")
 
 
+M_BY_N_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+
+
+def m_by_n_reason(layer):
+    """Why `layer` cannot take N:M sparsity, or None."""
+    if not isinstance(layer, M_BY_N_LAYERS):
+        return (f"N:M sparsity runs along a kernel's input channels, which only "
+                f"{', '.join(c.__name__ for c in M_BY_N_LAYERS)} have; it is a {type(layer).__name__}")
+    return None
+
+
+def check_m_by_n_layer(layer, value, global_pruning, prune_bias):
+    """The validated `(n, m)` for `layer`; raises naming the layer."""
+    where = f"layer '{layer.name}'"
+    value = check_m_by_n(where, tuple(value) if isinstance(value, list) else value)
+    reason = m_by_n_reason(layer)
+    if reason:
+        raise ValueError(f"{where}: sparsity_m_by_n cannot apply: {reason}.")
+    if global_pruning or prune_bias:
+        raise ValueError(f"{where}: sparsity_m_by_n masks each kernel by its own blocks; it cannot be combined "
+                         f"with global_pruning=True or prune_bias=True.")
+    return value
+
+
 class _MaskConstraint(keras.constraints.Constraint):
     """Re-applies the mask after every optimizer step (Keras applies a
     variable's constraint right after each update), so pruned weights are
@@ -171,6 +196,11 @@ class PruneWrapper(Wrapper):
             `global_pruning=True` (they must share one schedule), instead of
             pruning each layer to the same sparsity.
         prune_bias: if True, the bias is masked too. Default False.
+        sparsity_m_by_n: `None`, or `(N, M)` such as `(2, 4)`: at every
+            pruning step of `pruning_schedule` the kernel is masked to keep
+            the N largest of every M consecutive weights along its input
+            channels (tfmot's `sparsity_m_by_n`; the schedule's sparsity
+            level is not used). For Dense and Conv1D/2D/3D layers.
         **kwargs: base layer arguments (`name`, ...). The default name is
             `"prune_low_magnitude_" + layer.name`.
 
@@ -195,6 +225,7 @@ class PruneWrapper(Wrapper):
         pruning_schedule=None,
         global_pruning=False,
         prune_bias=False,
+        sparsity_m_by_n=None,
         **kwargs,
     ):
         self.expect_layer(layer)
@@ -202,10 +233,13 @@ class PruneWrapper(Wrapper):
         if reason:
             raise ValueError(f"PruneWrapper cannot wrap layer {describe(layer)}: {reason}.")
         check_options(f"layer '{layer.name}'", pruning_schedule, global_pruning, prune_bias)
+        if sparsity_m_by_n is not None:
+            sparsity_m_by_n = check_m_by_n_layer(layer, sparsity_m_by_n, global_pruning, prune_bias)
         super().__init__(layer, **kwargs)
         self.pruning_schedule = pruning_schedule
         self.global_pruning = global_pruning
         self.prune_bias = prune_bias
+        self.sparsity_m_by_n = sparsity_m_by_n
         # Whether the L1 term is traced into training steps. Only
         # L1Regularization turns it on (and retraces), so plain magnitude
         # pruning pays nothing for it.
@@ -278,5 +312,6 @@ class PruneWrapper(Wrapper):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"global_pruning": self.global_pruning, "prune_bias": self.prune_bias})
+        config.update({"global_pruning": self.global_pruning, "prune_bias": self.prune_bias,
+                       "sparsity_m_by_n": None if self.sparsity_m_by_n is None else list(self.sparsity_m_by_n)})
         return config
