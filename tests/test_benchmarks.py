@@ -163,3 +163,15 @@ def test_auto_compress_benchmark_quick_size_budget(tmp_path):
     assert {b["kind"] for b in row["baselines"]} == {"uniform-structured", "uniform-sparsity"}
     assert set(row["correlations"]) == {"magnitude", "fisher", "taylor"}
     assert result["summary"]["size"]["runs"] == 1
+
+
+@pytest.mark.slow
+def test_m_by_n_benchmark(tmp_path):
+    out = tmp_path / "m_by_n.json"
+    stdout = run_script("m_by_n.py", "--seeds", 1, "--epochs", 1, "--rounds", 1, "--out", out)
+    assert "2:4 minus unstructured" in stdout
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["2:4"]["two_of_four"] is True and row["unstructured 50%"]["two_of_four"] is False
+    assert row["unstructured 50%"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert 0.45 < row["2:4"]["sparsity"] <= 0.5
+    assert row["2:4"]["accuracy"] > 0.8 and row["unstructured 50%"]["accuracy"] > 0.8
