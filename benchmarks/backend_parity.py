@@ -26,6 +26,7 @@ first in the process and again (warm).
     python benchmarks/backend_parity.py [--backends tensorflow,jax] [--samples 2048] [--epochs 2]
 """
 
+import argparse
 import json
 import os
 import subprocess
@@ -44,14 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=int, default=2048, help="training images")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--frequency", type=int, default=16, help="mask update frequency, steps")
-    p.add_argument("--worker", nargs=2, metavar=("BACKEND", "JOB"), help=argparse_hidden())
+    p.add_argument("--worker", nargs=2, metavar=("BACKEND", "JOB"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 # --------------------------------------------------------------------------
@@ -203,7 +198,6 @@ def compare(results):
             rows[backend] = {"error": r["error"].strip().splitlines()[-1]}
             continue
         row = {}
-        masks = [np.array(m) for m in r["pruning_masks"]]
         row["pruning"] = {"sparsity": r["pruning_sparsity"], "zeros_exact": r["pruning_zeros_exact"],
                           "bytes": r["pruning_bytes"], "accuracy": r["pruning_accuracy"]}
         row["l1_threshold"] = {"sparsity": r["l1_sparsity"]}
@@ -213,15 +207,10 @@ def compare(results):
         row["distillation"] = {"loss": r["distillation_history"]}
         row["times"] = r["times"]
         if ref is not None and "error" not in ref:
-            ref_masks = [np.array(m) for m in ref["pruning_masks"]]
-            agree = sum((a == b).sum() for a, b in zip(masks, ref_masks)) / sum(a.size for a in ref_masks)
-            row["pruning"].update(mask_agreement=float(agree), bytes_diff=r["pruning_bytes"] - ref["pruning_bytes"],
+            row["pruning"].update(mask_agreement=_agreement(r["pruning_masks"], ref["pruning_masks"]), bytes_diff=r["pruning_bytes"] - ref["pruning_bytes"],
                                   same_ops=r["pruning_ops"] == ref["pruning_ops"],
                                   top1_agreement=float(np.mean(np.array(r["pruning_top1"]) == ref["pruning_top1"])))
-            l1 = [np.array(m) for m in r["l1_masks"]]
-            l1_ref = [np.array(m) for m in ref["l1_masks"]]
-            row["l1_threshold"]["mask_agreement"] = float(
-                sum((a == b).sum() for a, b in zip(l1, l1_ref)) / sum(a.size for a in l1_ref))
+            row["l1_threshold"]["mask_agreement"] = _agreement(r["l1_masks"], ref["l1_masks"])
             row["structured"] = {
                 "params": r["structured_params"],
                 "max_weight_diff": float(max(np.abs(np.array(a) - np.array(b)).max()
@@ -232,6 +221,14 @@ def compare(results):
                 np.array(r["distillation_history"]) - np.array(ref["distillation_history"]))))
         rows[backend] = row
     return rows
+
+
+def _agreement(masks, reference):
+    """The fraction of mask entries equal in two lists of masks."""
+    import numpy as np
+
+    pairs = [(np.array(a), np.array(b)) for a, b in zip(masks, reference, strict=True)]
+    return float(sum((a == b).sum() for a, b in pairs) / sum(b.size for _, b in pairs))
 
 
 def print_table(rows):
