@@ -310,6 +310,11 @@ class UpdatePruningStep(_StepTracking):
                 if wrapper.sparsity_m_by_n is not None:
                     n, m = wrapper.sparsity_m_by_n
                     masks = [criteria.m_by_n(w, n, m) for w in wrapper.masked_weights()]
+                elif wrapper.block_size != (1, 1):
+                    masks = [
+                        criteria.block_magnitude(w, sparsity, wrapper.block_size, wrapper.block_pooling_type)
+                        for w in wrapper.masked_weights()
+                    ]
                 else:
                     masks = [criteria.magnitude(w, sparsity) for w in wrapper.masked_weights()]
                 wrapper.set_masks(masks)
