@@ -160,7 +160,8 @@ class UpdatePruningStep(_StepTracking):
 
     Before each batch, every `PruneWrapper` whose `pruning_schedule` says
     "prune at this step" gets new magnitude masks at the scheduled sparsity:
-    per layer, or across all layers created with `global_pruning=True`.
+    per layer (weight by weight, or in whole blocks for a wrapper with a
+    `block_size`), or across all layers created with `global_pruning=True`.
     Required for schedule-driven pruning, as in tfmot.
 
     Unlike tfmot, it warns when the fit it runs in cannot reach a schedule's
