@@ -308,8 +308,9 @@ def test_naming_a_layer_with_no_prunable_weights_raises():
 
 # -- PruningPolicy and PruneForLatencyOnXNNPack ----------------------------------------------------------------
 
-def mobilenet_like(head="conv"):
-    """A small MobileNet built the way XNNPACK's sparse inference needs it."""
+# A small MobileNet built the way XNNPACK's sparse inference needs it, as source text: the same lines build it
+# here in Keras 3 and in tfmot's tf_keras subprocess (`keras` and `L` name each one's module and layers).
+MOBILENET_LIKE = textwrap.dedent("""
     inputs = keras.Input((32, 32, 3))
     x = L.ZeroPadding2D(1, name="stem_pad")(inputs)
     x = L.Conv2D(8, 3, strides=2, padding="valid", use_bias=False, name="stem")(x)
@@ -324,16 +325,21 @@ def mobilenet_like(head="conv"):
     z = L.DepthwiseConv2D(5, padding="same", name="dw3")(y)
     z = L.Conv2D(16, 1, name="pw3")(z)
     x = L.Add(name="residual")([y, z])
-    x = x * 0.5  # a Keras op in the graph
+    x = x * 0.5  # an op in the graph: a Keras 3 op, a TFOpLambda in tf_keras
     x = L.GlobalAveragePooling2D(keepdims=True, name="gap")(x)
     x = L.Dropout(0.1, name="dropout")(x)
     if head == "conv":
-        x = L.Conv2D(10, 1, name="head")(x)
-        x = L.Reshape((10,), name="logits")(x)
+        x = L.Reshape((10,), name="logits")(L.Conv2D(10, 1, name="head")(x))
     else:
-        x = L.Flatten(name="flat")(x)
-        x = L.Dense(10, name="head")(x)
-    return keras.Model(inputs, x)
+        x = L.Dense(10, name="head")(L.Flatten(name="flat")(x))
+    model = keras.Model(inputs, x)
+""")
+
+
+def mobilenet_like(head="conv"):
+    scope = {"keras": keras, "L": L, "head": head}
+    exec(MOBILENET_LIKE, scope)
+    return scope["model"]
 
 
 def test_xnnpack_policy_prunes_the_1x1_convs_derived_by_hand():
@@ -515,27 +521,10 @@ TFMOT_SCRIPT = textwrap.dedent("""
                    callbacks=[sk.UpdatePruningStep()])
         out[pooling] = (sk.strip_pruning(pruned).layers[0].kernel.numpy() != 0).astype(int).tolist()
 
-    # The XNNPACK policy on the test's MobileNet-like model.
-    inputs = keras.Input((32, 32, 3))
-    x = L.ZeroPadding2D(1, name="stem_pad")(inputs)
-    x = L.Conv2D(8, 3, strides=2, padding="valid", use_bias=False, name="stem")(x)
-    x = L.BatchNormalization(name="stem_bn")(x)
-    x = L.ReLU(6.0, name="stem_relu")(x)
-    x = L.DepthwiseConv2D(3, padding="same", name="dw1")(x)
-    x = L.Conv2D(16, 1, name="pw1")(x)
-    x = L.Activation("relu6", name="pw1_relu")(x)
-    x = L.ZeroPadding2D(1, name="dw2_pad")(x)
-    x = L.DepthwiseConv2D(3, strides=2, padding="valid", name="dw2")(x)
-    y = L.Conv2D(16, 1, name="pw2")(x)
-    z = L.DepthwiseConv2D(5, padding="same", name="dw3")(y)
-    z = L.Conv2D(16, 1, name="pw3")(z)
-    x = L.Add(name="residual")([y, z])
-    x = x * 0.5
-    x = L.GlobalAveragePooling2D(keepdims=True, name="gap")(x)
-    x = L.Dropout(0.1, name="dropout")(x)
-    x = L.Conv2D(10, 1, name="head")(x)
-    x = L.Reshape((10,), name="logits")(x)
-    pruned = sk.prune_low_magnitude(keras.Model(inputs, x), pruning_policy=sk.PruneForLatencyOnXNNPack())
+    # The XNNPACK policy on the test's MobileNet-like model, built by the same lines.
+    scope = {"keras": keras, "L": L, "head": "conv"}
+    exec(sys.argv[2], scope)
+    pruned = sk.prune_low_magnitude(scope["model"], pruning_policy=sk.PruneForLatencyOnXNNPack())
     out["policy"] = sorted(l.layer.name for l in pruned.layers if type(l).__name__ == "PruneLowMagnitude")
     try:
         inputs = keras.Input((16, 16, 3))
@@ -560,8 +549,9 @@ def test_block_masks_and_xnnpack_policy_match_tfmot():
         [0.5, -0.5, 3.0, 0.0, 2.0, 2.0],
         [0.5, 0.6, 0.0, 0.0, 2.0, 2.0],
     ])
-    done = subprocess.run([sys.executable, "-c", TFMOT_SCRIPT, json.dumps(kernel.tolist())], capture_output=True,
-                          text=True, check=False, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"}, timeout=300)
+    done = subprocess.run([sys.executable, "-c", TFMOT_SCRIPT, json.dumps(kernel.tolist()), MOBILENET_LIKE],
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "TF_USE_LEGACY_KERAS": "1"}, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     theirs = json.loads(done.stdout.strip().splitlines()[-1])
     for pooling in ("AVG", "MAX"):
