@@ -13,7 +13,9 @@ from keras_compress.pruning.callbacks import (
     ThresholdPruning,
     UpdatePruningStep,
 )
-from keras_compress.pruning.prune import prune_low_magnitude, strip_pruning
+from keras_compress.pruning.policy import PruneForLatencyOnXNNPack, PruningPolicy
+from keras_compress.pruning.prunable_layer import PrunableLayer
+from keras_compress.pruning.prune import prune_low_magnitude, prune_scope, strip_pruning
 from keras_compress.pruning.report import LayerSparsity, SparsityReport, sparsity_report
 from keras_compress.pruning.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 from keras_compress.pruning.structured import (
@@ -32,7 +34,10 @@ __all__ = [
     "L1Regularization",
     "LayerSparsity",
     "PolynomialDecay",
+    "PrunableLayer",
+    "PruneForLatencyOnXNNPack",
     "PruneWrapper",
+    "PruningPolicy",
     "PruningSchedule",
     "PruningSummaries",
     "SparsityReport",
@@ -42,6 +47,7 @@ __all__ = [
     "dependency_groups",
     "iterative_shrink",
     "prune_low_magnitude",
+    "prune_scope",
     "shrink",
     "sparsity_report",
     "strip_pruning",

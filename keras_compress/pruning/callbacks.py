@@ -160,7 +160,8 @@ class UpdatePruningStep(_StepTracking):
 
     Before each batch, every `PruneWrapper` whose `pruning_schedule` says
     "prune at this step" gets new magnitude masks at the scheduled sparsity:
-    per layer, or across all layers created with `global_pruning=True`.
+    per layer (weight by weight, or in whole blocks for a wrapper with a
+    `block_size`), or across all layers created with `global_pruning=True`.
     Required for schedule-driven pruning, as in tfmot.
 
     Unlike tfmot, it warns when the fit it runs in cannot reach a schedule's
@@ -310,6 +311,11 @@ class UpdatePruningStep(_StepTracking):
                 if wrapper.sparsity_m_by_n is not None:
                     n, m = wrapper.sparsity_m_by_n
                     masks = [criteria.m_by_n(w, n, m) for w in wrapper.masked_weights()]
+                elif wrapper.block_size != (1, 1):
+                    masks = [
+                        criteria.block_magnitude(w, sparsity, wrapper.block_size, wrapper.block_pooling_type)
+                        for w in wrapper.masked_weights()
+                    ]
                 else:
                     masks = [criteria.magnitude(w, sparsity) for w in wrapper.masked_weights()]
                 wrapper.set_masks(masks)

@@ -81,6 +81,76 @@ def global_magnitude(weights_list, sparsity):
     return masks
 
 
+BLOCK_POOLING_TYPES = ("AVG", "MAX")
+
+
+def block_magnitude(weights, sparsity, block_size, pooling="AVG"):
+    """Block sparsity: masks whole blocks of a 2-D weight matrix.
+
+    The matrix is cut into `block_size = (rows, columns)` blocks from its top
+    left corner (the last row and column of blocks may be smaller), each
+    block is scored by the mean (`"AVG"`) or the largest (`"MAX"`) of its
+    |w|, and the `round(sparsity * number_of_blocks)` blocks of smallest
+    score are masked; of equal scores, the block first in row-major order
+    is masked first (as `magnitude` does with weights). This is tfmot's
+    `block_size` / `block_pooling_type` (its pooling uses SAME padding, so a
+    partial block is scored on its own weights only, as here).
+
+    Args:
+        weights: a rank-2 weight tensor (a Dense kernel, an Embedding matrix).
+        sparsity: fraction of the blocks to prune, in [0, 1].
+        block_size: `(rows, columns)`, two ints >= 1.
+        pooling: `"AVG"` or `"MAX"`.
+
+    Returns:
+        A float32 mask of the shape of `weights`, constant on every block.
+
+    Example:
+
+    ```python
+    w = np.array([[1., 1., 0., 3.],
+                  [1., 1., 0., 0.]])
+    block_magnitude(w, 0.5, (2, 2), "AVG")  # keeps the left block (mean 1 > 0.75)
+    block_magnitude(w, 0.5, (2, 2), "MAX")  # keeps the right block (max 3 > 1)
+    ```
+    """
+    import numpy as np
+
+    block_size = check_block_size("criteria.block_magnitude", block_size)
+    pooling = check_block_pooling_type("criteria.block_magnitude", pooling)
+    magnitudes = np.abs(np.asarray(ops.convert_to_numpy(weights), dtype="float64"))
+    if magnitudes.ndim != 2:
+        raise ValueError(f"criteria.block_magnitude: weights must have rank 2, got shape {magnitudes.shape}.")
+    rows, cols = magnitudes.shape
+    bh, bw = block_size
+    padded = np.full((-(-rows // bh) * bh, -(-cols // bw) * bw), np.nan)
+    padded[:rows, :cols] = magnitudes
+    blocks = padded.reshape(padded.shape[0] // bh, bh, padded.shape[1] // bw, bw)
+    # NaN padding is ignored by the pooling: a partial block is scored on its own weights.
+    pool = np.nanmean if pooling == "AVG" else np.nanmax
+    scores = pool(blocks, axis=(1, 3))
+    count = _count_to_prune("block_magnitude", scores.size, sparsity)
+    keep = ops.convert_to_numpy(_mask_smallest(ops.convert_to_tensor(scores.reshape(-1), "float32"), count))
+    keep = np.repeat(np.repeat(keep.reshape(scores.shape), bh, axis=0), bw, axis=1)
+    return keep[:rows, :cols].astype("float32")
+
+
+def check_block_size(api, value):
+    """`value` as a `(rows, columns)` tuple of ints >= 1; raises naming `api`."""
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+        raise ValueError(f"{api}: block_size must be a pair (rows, columns) of integers >= 1, such as (1, 1) "
+                         f"(no blocks) or (1, 4), got {value!r}.")
+    return int(value[0]), int(value[1])
+
+
+def check_block_pooling_type(api, value):
+    """`value` if it is one of `BLOCK_POOLING_TYPES`; raises naming `api`."""
+    if value not in BLOCK_POOLING_TYPES:
+        raise ValueError(f"{api}: block_pooling_type must be 'AVG' or 'MAX' (tfmot's values), got {value!r}.")
+    return value
+
+
 def threshold(weights, epsilon):
     """Masks the weights with `|w| < epsilon`.
 

@@ -1,4 +1,4 @@
-"""Model-level pruning API: `prune_low_magnitude` and `strip_pruning`."""
+"""Model-level pruning API: `prune_low_magnitude`, `strip_pruning` and `prune_scope`."""
 
 import logging
 import warnings
@@ -8,11 +8,14 @@ from keras import ops
 
 from keras_compress import _models
 from keras_compress._backend import check_backend
-from keras_compress.pruning.criteria import check_m_by_n
-from keras_compress.pruning.schedules import ConstantSparsity
+from keras_compress.pruning import schedules
+from keras_compress.pruning.criteria import check_block_pooling_type, check_block_size, check_m_by_n
+from keras_compress.pruning.policy import PruningPolicy
 from keras_compress.pruning.wrapper import (
+    NO_BLOCKS,
     SUPPORTED_LAYER_NAMES,
     PruneWrapper,
+    block_reason,
     check_options,
     describe,
     m_by_n_reason,
@@ -23,7 +26,7 @@ from keras_compress.pruning.wrapper import (
 
 logger = logging.getLogger("keras_compress")
 
-_DEFAULT_SCHEDULE = ConstantSparsity(0.5, begin_step=0)
+_DEFAULT_SCHEDULE = schedules.ConstantSparsity(0.5, begin_step=0)
 _LAYER_API = "keras_compress.pruning.PruneWrapper (or prune_low_magnitude on a layer)"
 
 
@@ -36,6 +39,9 @@ def prune_low_magnitude(
     prune_bias=False,
     include_frozen=False,
     sparsity_m_by_n=None,
+    block_size=NO_BLOCKS,
+    block_pooling_type="AVG",
+    pruning_policy=None,
 ):
     """Wraps the prunable layers of a model (or one layer) in `PruneWrapper`.
 
@@ -81,6 +87,24 @@ def prune_low_magnitude(
             input channels. Only Dense and Conv1D/2D/3D kernels have input
             channels to block: with `layers=None` the other prunable layers
             are left unpruned, named in a warning; naming one raises.
+        block_size: `(rows, columns)`, default `(1, 1)` (weight by weight).
+            Otherwise each pruned 2-D weight (a Dense or Embedding matrix, an
+            LSTM kernel) loses whole blocks of that size, the blocks of
+            smallest pooled |w| first, to the scheduled sparsity (tfmot's
+            argument). Conv kernels are not 2-D: with `layers=None` those
+            layers are left unpruned, named in a warning (tfmot raises);
+            naming one raises.
+        block_pooling_type: `"AVG"` (default) or `"MAX"`: a block's score is
+            the mean or the largest |w| in it.
+        pruning_policy: `None`, or a `PruningPolicy` such as
+            `PruneForLatencyOnXNNPack()`: the model must pass its
+            `ensure_model_supports_pruning`, and only the layers its
+            `allow_pruning` accepts are wrapped (within `layers`, if given).
+            For a model only.
+
+    tfmot's `pruning_params` dicts work as they are:
+    `prune_low_magnitude(model, **{"pruning_schedule": ..., "block_size":
+    (1, 1), "block_pooling_type": "AVG"})`.
 
     Returns:
         The pruned model (a clone), or the wrapper(s) for layer input.
@@ -98,12 +122,26 @@ def prune_low_magnitude(
     check_backend("prune_low_magnitude")
     if sparsity_m_by_n is not None:
         sparsity_m_by_n = check_m_by_n("prune_low_magnitude", sparsity_m_by_n)
+    block_size = check_block_size("prune_low_magnitude", block_size)
+    block_pooling_type = check_block_pooling_type("prune_low_magnitude", block_pooling_type)
     options = dict(
         pruning_schedule=pruning_schedule,
         global_pruning=global_pruning,
         prune_bias=prune_bias,
         sparsity_m_by_n=sparsity_m_by_n,
+        block_size=block_size,
+        block_pooling_type=block_pooling_type,
     )
+    if pruning_policy is not None and not isinstance(pruning_policy, PruningPolicy):
+        raise TypeError(
+            "prune_low_magnitude: pruning_policy must be None or a keras_compress.pruning.PruningPolicy "
+            f"(such as PruneForLatencyOnXNNPack()), got {pruning_policy!r}."
+        )
+    if pruning_policy is not None and not isinstance(to_prune, keras.Model):
+        raise ValueError(
+            "prune_low_magnitude: pruning_policy chooses layers within a model; it cannot apply to "
+            f"{type(to_prune).__name__} {to_prune!r}. Pass the model, or wrap the layers you choose."
+        )
     if isinstance(to_prune, (list, tuple)) and all(
         isinstance(x, keras.layers.Layer) and not isinstance(x, keras.Model) for x in to_prune
     ):
@@ -116,18 +154,36 @@ def prune_low_magnitude(
     if sparsity_m_by_n is not None and (global_pruning or prune_bias):
         raise ValueError("prune_low_magnitude: sparsity_m_by_n masks each kernel by its own blocks; it cannot be "
                          "combined with global_pruning=True or prune_bias=True.")
+    if block_size != NO_BLOCKS and (sparsity_m_by_n is not None or global_pruning or prune_bias):
+        raise ValueError(f"prune_low_magnitude: block_size={block_size} masks each kernel by its own blocks; it "
+                         "cannot be combined with sparsity_m_by_n, global_pruning=True or prune_bias=True.")
     if not isinstance(include_frozen, bool):
         raise TypeError(
             f"prune_low_magnitude: include_frozen must be True or False, got {include_frozen!r}."
         )
+    if pruning_policy is not None:
+        pruning_policy.ensure_model_supports_pruning(to_prune)
     selected = _select_layers(to_prune, layers, include_frozen)
+    if pruning_policy is not None:
+        selected = _policy_layers(to_prune, selected, pruning_policy, layers)
     if sparsity_m_by_n is not None:
-        selected = _m_by_n_layers(to_prune, selected, named=layers is not None)
+        selected = _fitting_layers(
+            to_prune, selected, m_by_n_reason, named=layers is not None, argument="sparsity_m_by_n",
+            why="sparsity_m_by_n runs along a kernel's input channels, which only Dense and Conv1D/2D/3D "
+            "layers have",
+        )
+    if block_size != NO_BLOCKS:
+        selected = _fitting_layers(
+            to_prune, selected, block_reason, named=layers is not None, argument=f"block_size={block_size}",
+            why="block_size applies to 2-D weight matrices (Dense, Embedding, recurrent kernels), not to "
+            "Conv kernels",
+        )
     if not selected:
         raise ValueError(
             f"prune_low_magnitude found nothing to prune in model '{to_prune.name}' "
             f"with layers={layers!r}"
             + ("" if include_frozen else " (frozen layers skipped; see include_frozen)")
+            + ("" if pruning_policy is None else f" and pruning_policy={type(pruning_policy).__name__}()")
             + f". Prunable types: {SUPPORTED_LAYER_NAMES}."
         )
 
@@ -144,21 +200,32 @@ def prune_low_magnitude(
     return pruned
 
 
-def _m_by_n_layers(model, selected, named):
-    """The selected layers N:M sparsity can apply to; the others are named
-    in a warning, or refused when the caller named them."""
+def _fitting_layers(model, selected, reason, named, argument, why):
+    """The selected layers `argument` can apply to (`reason(layer)` is None);
+    the others are named in a warning that says `why`, or refused when the
+    caller named them."""
     chosen = [l for l in _models.walk_layers(model) if id(l) in selected]
-    unfit = [l for l in chosen if m_by_n_reason(l)]
+    unfit = [l for l in chosen if reason(l)]
     if unfit and named:
-        raise ValueError(f"prune_low_magnitude cannot apply sparsity_m_by_n to layer {describe(unfit[0])}: "
-                         f"{m_by_n_reason(unfit[0])}.")
+        raise ValueError(f"prune_low_magnitude cannot apply {argument} to layer {describe(unfit[0])}: "
+                         f"{reason(unfit[0])}.")
     if unfit:
-        warnings.warn(
-            f"prune_low_magnitude leaves {_names(unfit)} unpruned: sparsity_m_by_n runs along a kernel's input "
-            "channels, which only Dense and Conv1D/2D/3D layers have.",
-            stacklevel=3,
-        )
-    return {id(l) for l in chosen if not m_by_n_reason(l)}
+        warnings.warn(f"prune_low_magnitude leaves {_names(unfit)} unpruned: {why}.", stacklevel=3)
+    return {id(l) for l in chosen if not reason(l)}
+
+
+def _policy_layers(model, selected, policy, layers):
+    """The selected layers `policy` allows; a layer named in `layers` that
+    it does not allow is refused (classes and predicates only filter)."""
+    names = {layers} if isinstance(layers, str) else {
+        item for item in (layers if isinstance(layers, (list, tuple)) else []) if isinstance(item, str)
+    }
+    chosen = [l for l in _models.walk_layers(model) if id(l) in selected]
+    refused = [l for l in chosen if not policy.allow_pruning(l) and l.name in names]
+    if refused:
+        raise ValueError(f"prune_low_magnitude: layer {describe(refused[0])} is selected by layers but "
+                         f"pruning_policy={type(policy).__name__}() does not allow pruning it.")
+    return {id(l) for l in chosen if policy.allow_pruning(l)}
 
 
 def _select_layers(model, layers, include_frozen):
@@ -276,6 +343,32 @@ def strip_pruning(model):
         )
 
     return _models.clone_model(model, transform)
+
+
+def prune_scope():
+    """A scope for loading pruned models, kept for code ported from tfmot.
+
+    Not needed: `PruneWrapper`, the schedules and the callbacks are
+    registered Keras classes, so `keras.saving.load_model` restores a pruned
+    `.keras` file without a scope or `custom_objects`. It returns a
+    `keras.saving.CustomObjectScope` holding the wrapper and the schedules,
+    so that tfmot's `with prune_scope(): keras.models.load_model(path)`
+    runs unchanged.
+    It cannot read files written by tfmot with tf_keras (their weights are
+    laid out differently): strip those with tfmot, then prune again here.
+
+    Example:
+
+    ```python
+    with kc.pruning.prune_scope():
+        model = keras.saving.load_model("pruned.keras")
+    ```
+    """
+    return keras.saving.CustomObjectScope({
+        "PruneWrapper": PruneWrapper,
+        "ConstantSparsity": schedules.ConstantSparsity,
+        "PolynomialDecay": schedules.PolynomialDecay,
+    })
 
 
 # Other techniques (quantize_model) take a pruning wrapper off through this

@@ -7,11 +7,12 @@ from keras import ops
 from keras_compress._backend import counter_dtype
 from keras_compress._wrappers import Wrapper
 from keras_compress.pruning import schedules as schedules_lib
-from keras_compress.pruning.criteria import check_m_by_n
+from keras_compress.pruning.criteria import check_block_pooling_type, check_block_size, check_m_by_n
 
 # Which weights of which layer types are pruned. Bias is added on request.
 # A layer outside this table can still be pruned if it implements
-# `get_prunable_weights()`, returning the variables to prune (tfmot's protocol),
+# `get_prunable_weights()`, returning the variables to prune (tfmot's protocol,
+# made explicit by subclassing `PrunableLayer`; duck typing is enough),
 # or if it owns sub-layers that are in the table: MultiHeadAttention (its
 # query/key/value/output EinsumDense kernels), LSTM / GRU / SimpleRNN (their
 # cell's kernel and recurrent kernel), Bidirectional, TimeDistributed, and any
@@ -78,6 +79,9 @@ def why_not_prunable(layer):
         return None
     if not prunable_sublayers(layer):
         return f"it has no pruning rule. Prunable types: {SUPPORTED_LAYER_NAMES}"
+    if layer.built and _rule_for(layer) is None and hasattr(layer, "get_prunable_weights"):
+        if not layer.get_prunable_weights():
+            return "its get_prunable_weights() returns no weights"
     return None
 
 
@@ -149,6 +153,36 @@ def check_m_by_n_layer(layer, value, global_pruning, prune_bias):
     return value
 
 
+NO_BLOCKS = (1, 1)
+
+
+def block_reason(layer):
+    """Why the weights of a built `layer` cannot be pruned in blocks, or None
+    (also None for an unbuilt layer: its wrapper checks once built)."""
+    if not layer.built:
+        return None
+    shapes = [tuple(w.shape) for w in prunable_weights(layer) if len(w.shape) != 2]
+    if shapes:
+        return (f"block_size applies to 2-D weight matrices (as in tfmot), and its prunable weights have shape "
+                f"{', '.join(map(str, shapes))}")
+    return None
+
+
+def check_block_layer(layer, block_size, block_pooling_type, sparsity_m_by_n, global_pruning, prune_bias):
+    """The validated `(block_size, block_pooling_type)` for `layer`; raises naming the layer."""
+    where = f"layer '{layer.name}'"
+    block_size = check_block_size(where, tuple(block_size) if isinstance(block_size, list) else block_size)
+    block_pooling_type = check_block_pooling_type(where, block_pooling_type)
+    if block_size != NO_BLOCKS:
+        if sparsity_m_by_n is not None or global_pruning or prune_bias:
+            raise ValueError(f"{where}: block_size={block_size} masks each kernel by its own blocks; it cannot be "
+                             "combined with sparsity_m_by_n, global_pruning=True or prune_bias=True.")
+        reason = block_reason(layer)
+        if reason:
+            raise ValueError(f"{where}: block_size={block_size} cannot apply: {reason}.")
+    return block_size, block_pooling_type
+
+
 class _MaskConstraint(keras.constraints.Constraint):
     """Re-applies the mask after every optimizer step (Keras applies a
     variable's constraint right after each update), so pruned weights are
@@ -201,6 +235,15 @@ class PruneWrapper(Wrapper):
             the N largest of every M consecutive weights along its input
             channels (tfmot's `sparsity_m_by_n`; the schedule's sparsity
             level is not used). For Dense and Conv1D/2D/3D layers.
+        block_size: `(rows, columns)`, default `(1, 1)` (weight by weight).
+            Otherwise the schedule's sparsity is reached by masking whole
+            blocks of that size of each 2-D prunable weight (a Dense kernel
+            is `(inputs, units)`), ranked by their pooled |w| (tfmot's
+            `block_size`; see `criteria.block_magnitude`). Layers whose
+            prunable weights are not 2-D (Conv kernels) are refused, as in
+            tfmot.
+        block_pooling_type: how a block is scored: `"AVG"` (mean |w|,
+            default) or `"MAX"` (largest |w|).
         **kwargs: base layer arguments (`name`, ...). The default name is
             `"prune_low_magnitude_" + layer.name`.
 
@@ -226,6 +269,8 @@ class PruneWrapper(Wrapper):
         global_pruning=False,
         prune_bias=False,
         sparsity_m_by_n=None,
+        block_size=NO_BLOCKS,
+        block_pooling_type="AVG",
         **kwargs,
     ):
         self.expect_layer(layer)
@@ -235,11 +280,16 @@ class PruneWrapper(Wrapper):
         check_options(f"layer '{layer.name}'", pruning_schedule, global_pruning, prune_bias)
         if sparsity_m_by_n is not None:
             sparsity_m_by_n = check_m_by_n_layer(layer, sparsity_m_by_n, global_pruning, prune_bias)
+        block_size, block_pooling_type = check_block_layer(
+            layer, block_size, block_pooling_type, sparsity_m_by_n, global_pruning, prune_bias
+        )
         super().__init__(layer, **kwargs)
         self.pruning_schedule = pruning_schedule
         self.global_pruning = global_pruning
         self.prune_bias = prune_bias
         self.sparsity_m_by_n = sparsity_m_by_n
+        self.block_size = block_size
+        self.block_pooling_type = block_pooling_type
         # Whether the L1 term is traced into training steps. Only
         # L1Regularization turns it on (and retraces), so plain magnitude
         # pruning pays nothing for it.
@@ -252,6 +302,11 @@ class PruneWrapper(Wrapper):
             raise ValueError(
                 f"PruneWrapper '{self.name}': layer {describe(self.layer)} has no "
                 f"prunable weights once built. Prunable types: {SUPPORTED_LAYER_NAMES}."
+            )
+        if self.block_size != NO_BLOCKS and block_reason(self.layer):
+            raise ValueError(
+                f"PruneWrapper '{self.name}': block_size={self.block_size} cannot apply to layer "
+                f"{describe(self.layer)}: {block_reason(self.layer)}."
             )
         # Masks stay float32 and are written only from cross-replica context
         # (callbacks); the step is counted inside the train step, once per
@@ -313,5 +368,6 @@ class PruneWrapper(Wrapper):
     def get_config(self):
         config = super().get_config()
         config.update({"global_pruning": self.global_pruning, "prune_bias": self.prune_bias,
-                       "sparsity_m_by_n": None if self.sparsity_m_by_n is None else list(self.sparsity_m_by_n)})
+                       "sparsity_m_by_n": None if self.sparsity_m_by_n is None else list(self.sparsity_m_by_n),
+                       "block_size": list(self.block_size), "block_pooling_type": self.block_pooling_type})
         return config
