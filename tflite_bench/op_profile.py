@@ -113,20 +113,30 @@ class OpProfile:
         """`op_sum_ms / whole_ms`: 1.0 when the op times account for the whole invoke."""
         return self.op_sum_ms / self.whole_ms if self.whole_ms > 0 else float("nan")
 
+    def unit(self):
+        """`(name, per ms)` of the unit the tables and the chart show: `("us", 1000)`
+        when the whole invoke is under a millisecond, else `("ms", 1)`."""
+        return ("us", 1000.0) if self.whole_ms < 1 else ("ms", 1.0)
+
     def validation(self):
-        """One line: the sum of op times against the whole invoke, with the spread over rounds."""
+        """One line: the sum of op times against the whole invoke, with the
+        spread over rounds, and what the invoke's own fixed cost adds."""
+        unit, scale = self.unit()
         low, high = min(self.round_ratios), max(self.round_ratios)
-        return (f"sum of op times {self.op_sum_ms:.4f} ms / whole invoke {self.whole_ms:.4f} ms = "
-                f"{self.ratio:.3f} (per round {low:.3f} to {high:.3f}, {self.rounds} rounds); "
-                f"invoke overhead {self.overhead_ms:.4f} ms taken off each op")
+        with_overhead = (self.op_sum_ms + self.overhead_ms) / self.whole_ms if self.whole_ms > 0 else float("nan")
+        return (f"sum of op times {self.op_sum_ms * scale:.2f} {unit} / whole invoke {self.whole_ms * scale:.2f} "
+                f"{unit} = {self.ratio:.3f} (per round {low:.3f} to {high:.3f}, {self.rounds} rounds of "
+                f"{self.runs} runs); the fixed cost of one invoke, {self.overhead_ms * scale:.2f} {unit}, is in "
+                f"the whole but in no op: with it {with_overhead:.3f}")
 
     def _rows(self):
-        return [(str(op.index), op.type, op.dtype or "-", f"{op.ms:.4f}", f"{op.share:.1%}", op.name)
+        _, scale = self.unit()
+        return [(str(op.index), op.type, op.dtype or "-", f"{op.ms * scale:.2f}", f"{op.share:.1%}", op.name)
                 for op in self.ops]
 
     def summary(self):
         """A fixed-width table for the terminal, then the validation line."""
-        header = ("#", "op", "dtype", "ms", "share", "name")
+        header = ("#", "op", "dtype", self.unit()[0], "share", "name")
         rows = [header] + self._rows()
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
 
@@ -140,9 +150,8 @@ class OpProfile:
 
     def markdown(self):
         """A Markdown table, then the validation line."""
-        lines = ["| # | op | dtype | ms | share | name |", "|---:|---|---|---:|---:|---|"]
-        lines += ["| " + " | ".join(cells[:5] + (f"`{_shorten(cells[5])}`",)) + " |" for cells in
-                  (tuple(r) for r in self._rows())]
+        lines = [f"| # | op | dtype | {self.unit()[0]} | share | name |", "|---:|---|---|---:|---:|---|"]
+        lines += ["| " + " | ".join(row[:5] + (f"`{_shorten(row[5])}`",)) + " |" for row in self._rows()]
         return "\n".join(lines) + "\n\n" + self.validation() + "."
 
     def as_dict(self):
@@ -153,7 +162,7 @@ class OpProfile:
         return self.summary()
 
 
-def profile_ops(tflite, threads=1, rounds=5, runs=50, warmup=10, use_xnnpack=True, seed=0, name=None,
+def profile_ops(tflite, threads=1, rounds=5, runs=100, warmup=10, use_xnnpack=True, seed=0, name=None,
                 progress=None):
     """Estimates the time of each op of a TFLite model and checks the sum
     against the whole model's invoke time.
