@@ -236,3 +236,19 @@ def test_cli_profile_rejects_bad_input(tmp_path, capsys, demo_files):
     assert "threads must be an int >= 1, got 0" in capsys.readouterr().err
     assert main(["profile", str(tmp_path / "missing.tflite")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_benchmark_script_prints_the_ratio_table(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "op_profile.py")
+    out = tmp_path / "op_profile.json"
+    done = subprocess.run([sys.executable, script, "--no-mobilenet", "--repeats", "1", "--rounds", "1", "--runs", "5",
+                           "--warmup", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Per-op profile of demo CNN int8: 9 ops" in done.stdout and "sum of op times / whole invoke" in done.stdout
+    results = json.loads(out.read_text())
+    assert [len(r["profiles"]) for k, r in results.items() if k != "settings"] == [1, 1]

@@ -224,6 +224,8 @@ def profile_ops(tflite, threads=1, rounds=5, runs=100, warmup=10, use_xnnpack=Tr
 
     whole = load_interpreter(content, num_threads=threads, use_xnnpack=use_xnnpack)
     _set_inputs(whole, [values[i] for i in _indices(graph.inputs)])
+    # Where XNNPACK could not prepare the whole model, its ops run in the builtin kernels: so do the single ops.
+    use_xnnpack = whole.uses_xnnpack
     trivial = load_interpreter(_trivial_model(), num_threads=threads, use_xnnpack=use_xnnpack)
     singles = []
     for index, op in enumerate(graph.operators):
