@@ -117,7 +117,10 @@ def test_profile_rows_follow_the_flatbuffer(demo_files):
     profile = profile_ops(demo_files["int8"], rounds=2, runs=5, warmup=1)
     ops = inspect_tflite(demo_files["int8"]).ops
     assert isinstance(profile, OpProfile) and profile.name == "cnn_int8.tflite"
-    assert [(o.index, o.type, o.name, o.dtype) for o in profile.ops] == [(o.index, o.type, o.name, o.dtype) for o in ops]
+    def fields(rows):
+        return [(o.index, o.type, o.name, o.dtype) for o in rows]
+
+    assert fields(profile.ops) == fields(ops)
     assert all(o.ms >= 0 for o in profile.ops) and profile.whole_ms > 0 and profile.overhead_ms > 0
     assert sum(o.share for o in profile.ops) == pytest.approx(1.0)
     assert profile.op_sum_ms == pytest.approx(sum(o.ms for o in profile.ops))

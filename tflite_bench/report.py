@@ -350,8 +350,8 @@ def write_op_profile(profile, folder, plot=True):
     if plot:
         paths.append(plot_op_profile(profile, os.path.join(folder, "op_profile.png")))
     with open(paths[0], "w") as f:
-        f.write("# tflite-bench per-op profile\n\n" + op_profile_markdown([profile], ["op_profile.png"] if plot else None)
-                + "\n")
+        plots = ["op_profile.png"] if plot else None
+        f.write("# tflite-bench per-op profile\n\n" + op_profile_markdown([profile], plots) + "\n")
     with open(paths[1], "w") as f:
         json.dump([profile.as_dict()], f, indent=1)
     return paths
