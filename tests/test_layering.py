@@ -35,8 +35,8 @@ def _modules_after(code):
 def test_import_tflite_bench_loads_neither_keras_nor_tensorflow():
     # The bar, plus every module of the package (the CLI too).
     modules = ["tflite_bench", *(f"tflite_bench.{m}" for m in (
-        "android", "checks", "cli", "inspect", "interpreter", "latency", "mnist", "progress", "record", "report",
-        "runtime"))]
+        "android", "checks", "cli", "inspect", "interpreter", "latency", "mnist", "op_profile", "progress", "record",
+        "report", "runtime"))]
     loaded = _modules_after("\n".join(f"import {m}" for m in modules))
     assert loaded == {"keras": False, "tensorflow": False, "keras_compress": False}
 

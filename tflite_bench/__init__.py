@@ -17,12 +17,15 @@ from tflite_bench.inspect import TFLiteInfo, inspect_tflite
 from tflite_bench.interpreter import evaluate_tflite, load_interpreter, predict_tflite
 from tflite_bench.latency import measure_latency
 from tflite_bench.micro import ArenaEstimate, arena_estimate, to_c_source
+from tflite_bench.op_profile import OpProfile, OpTime, profile_ops
 from tflite_bench.record import BenchmarkRecord, benchmark_model
 from tflite_bench.runtime import RUNTIMES
 
 __all__ = [
     "ArenaEstimate",
     "BenchmarkRecord",
+    "OpProfile",
+    "OpTime",
     "RUNTIMES",
     "TFLiteInfo",
     "arena_estimate",
@@ -34,6 +37,7 @@ __all__ = [
     "measure_latency",
     "parse_benchmark_model_output",
     "predict_tflite",
+    "profile_ops",
     "report",
     "run_on_device",
     "to_c_source",

@@ -43,6 +43,9 @@ def main(argv=None):
     run.add_argument("--data", help="labelled data for accuracy: .npz (x_test/y_test or x/y), "
                      "an MNIST IDX folder or mnist.npz")
     run.add_argument("--out", help="folder for report.md, results.csv, results.json and plots")
+    run.add_argument("--profile-ops", action="store_true",
+                     help="also estimate the time of each op (slower; see `tflite-bench profile`) and add "
+                     "the per-op tables and bar charts to --out's report")
     run.add_argument("--adb", action="store_true",
                      help="run TensorFlow's benchmark_model on an attached Android device instead")
     run.add_argument("--adb-serial", help="device serial (adb -s)")
@@ -54,9 +57,21 @@ def main(argv=None):
     micro.add_argument("source", help="the C file to write (model_data.c or .cc); the .h goes next to it")
     micro.add_argument("--name", default="model", help="the array's C name (NAME_len is its length)")
     micro.add_argument("--alignment", type=int, default=16, help="array and tensor alignment in bytes")
+    profile = commands.add_parser(
+        "profile", help="estimate the time of each op of a .tflite file (LiteRT's Python wheel has no per-op "
+        "profiler): each op timed as a single-op model, checked against the whole invoke")
+    profile.add_argument("model", help="the .tflite file")
+    profile.add_argument("--threads", type=int, default=1, help="interpreter threads (>= 1)")
+    profile.add_argument("--rounds", type=int, default=5, help="interleaved rounds (>= 1)")
+    profile.add_argument("--runs", type=int, default=100, help="timed invokes per model per round (>= 1)")
+    profile.add_argument("--warmup", type=int, default=10, help="untimed invokes per model per round (>= 0)")
+    profile.add_argument("--no-xnnpack", action="store_true", help="builtin kernels only")
+    profile.add_argument("--out", help="folder for op_profile.md, op_profiles.json and the bar chart")
     args = parser.parse_args(argv)
     if args.command == "c-source":
         return _c_source(args)
+    if args.command == "profile":
+        return _profile(args)
     from tflite_bench.progress import Progress
     from tflite_bench.record import benchmark_model
     from tflite_bench.report import text_table, write_report
@@ -70,6 +85,8 @@ def main(argv=None):
             print(f"tflite-bench: no such file: {path}", file=sys.stderr)
             return 2
     if args.adb:
+        if args.profile_ops:
+            parser.error("--profile-ops needs a local run: it times single-op models in this process's LiteRT")
         if args.data:
             parser.error("--data needs a local run: benchmark_model on a device measures no accuracy")
         from tflite_bench.android import run_on_device
@@ -99,8 +116,43 @@ def main(argv=None):
             return 2
         progress.update(i + 1, f"{os.path.basename(path)}, {n} thread{'s' if n > 1 else ''}")
     print(text_table(records))
+    profiles = []
+    if args.profile_ops:
+        from tflite_bench.op_profile import profile_ops
+
+        progress = Progress(len(jobs), "per-op profile")
+        for i, (path, n) in enumerate(jobs):
+            try:
+                profiles.append(profile_ops(path, threads=n, use_xnnpack=not args.no_xnnpack))
+            except ValueError as error:
+                print(f"\ntflite-bench: {path}: {error}", file=sys.stderr)
+                return 2
+            progress.update(i + 1, f"{os.path.basename(path)}, {n} thread{'s' if n > 1 else ''}")
+        for profile in profiles:
+            print(f"\n{profile}")
     if args.out:
-        for written in write_report(records, args.out, plots=_has_matplotlib()):
+        for written in write_report(records, args.out, plots=_has_matplotlib(), profiles=profiles):
+            print(f"wrote {written}")
+    return 0
+
+
+def _profile(args):
+    from tflite_bench.op_profile import profile_ops
+
+    if not os.path.isfile(args.model):
+        print(f"tflite-bench: no such file: {args.model}", file=sys.stderr)
+        return 2
+    try:
+        profile = profile_ops(args.model, threads=args.threads, rounds=args.rounds, runs=args.runs,
+                              warmup=args.warmup, use_xnnpack=not args.no_xnnpack, progress=True)
+    except (ValueError, TypeError) as error:
+        print(f"tflite-bench: {error}", file=sys.stderr)
+        return 2
+    print(profile)
+    if args.out:
+        from tflite_bench.report import write_op_profile
+
+        for written in write_op_profile(profile, args.out, plot=_has_matplotlib()):
             print(f"wrote {written}")
     return 0
 

@@ -280,22 +280,112 @@ def _place_numbers(figure, axes, points, number):
         taken.append(box)
 
 
-def write_report(records, folder, plots=True):
+def op_profile_figure(profile):
+    """The matplotlib figure of an `OpProfile`: one horizontal bar per op
+    (its estimated ms, in execution order from the top), labelled with the
+    op's index and type and its share, and the whole invoke time and the
+    sum of the op times in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ops = profile.ops
+    unit, scale = profile.unit()
+    unit = "µs" if unit == "us" else unit
+    figure = plt.figure(figsize=(8, 1.2 + 0.25 * len(ops)), dpi=100)
+    axes = figure.add_subplot()
+    positions = range(len(ops))
+    axes.barh(positions, [op.ms * scale for op in ops], color="tab:blue")
+    axes.set_yticks(list(positions), [f"{op.index}  {op.type}" for op in ops], fontsize=8)
+    axes.invert_yaxis()
+    for position, op in zip(positions, ops):
+        axes.annotate(f" {op.share:.0%}", (op.ms * scale, position), va="center", fontsize=7)
+    axes.margins(x=0.12)
+    axes.set_xlabel(f"estimated time per invoke ({unit})")
+    axes.set_title(f"{profile.name}, {profile.threads} thread{'s' if profile.threads > 1 else ''}: ops sum to "
+                   f"{profile.op_sum_ms * scale:.4g} {unit}, whole invoke {profile.whole_ms * scale:.4g} {unit} "
+                   f"(ratio {profile.ratio:.2f})",
+                   fontsize=9)
+    axes.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def plot_op_profile(profile, path):
+    """Writes `op_profile_figure(profile)` as a PNG at `path`. Needs
+    matplotlib (extra `[plot]`). Returns the path."""
+    import matplotlib.pyplot as plt
+
+    figure = op_profile_figure(profile)
+    figure.savefig(path, dpi=figure.dpi, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def op_profile_markdown(profiles, plot_names=None):
+    """A Markdown section with each `OpProfile`'s table and validation line,
+    and its bar chart where `plot_names` (one file name per profile, or
+    `None`) gives one."""
+    lines = ["## Per-op profiles", "",
+             "Estimated time per op: each op timed alone as a single-op model (fed the values it sees in "
+             "the whole model), the fixed invoke cost of a trivial model taken off; checked by the sum of "
+             "the op times against the whole model's invoke time, measured in the same interleaved rounds. "
+             "XNNPACK delegates each single-op model on its own, so work it fuses or shares across ops "
+             "shows as a sum below or above 1.", ""]
+    for number, profile in enumerate(profiles):
+        lines += [f"### {profile.name}, {profile.threads} thread{'s' if profile.threads > 1 else ''}, "
+                  f"XNNPACK {'on' if profile.xnnpack else 'off'}", "", profile.markdown(), ""]
+        if plot_names and plot_names[number]:
+            lines += [f"![{plot_names[number]}]({plot_names[number]})", ""]
+    return "\n".join(lines)
+
+
+def write_op_profile(profile, folder, plot=True):
+    """Writes one `OpProfile` into `folder`: op_profile.md (its table and
+    validation line), op_profiles.json and, with `plot`, op_profile.png.
+    Returns the paths written."""
+    os.makedirs(folder, exist_ok=True)
+    paths = [os.path.join(folder, n) for n in ("op_profile.md", "op_profiles.json")]
+    if plot:
+        paths.append(plot_op_profile(profile, os.path.join(folder, "op_profile.png")))
+    with open(paths[0], "w") as f:
+        plots = ["op_profile.png"] if plot else None
+        f.write("# tflite-bench per-op profile\n\n" + op_profile_markdown([profile], plots) + "\n")
+    with open(paths[1], "w") as f:
+        json.dump([profile.as_dict()], f, indent=1)
+    return paths
+
+
+def write_report(records, folder, plots=True, profiles=()):
     """Writes report.md (run settings, table, legend), results.csv,
     results.json (the records, each with its `warmup` and `environment`)
-    and the plots into `folder`."""
+    and the plots into `folder`.
+
+    `profiles` (`OpProfile`s from `profile_ops`, optional) add a per-op
+    section to report.md, `op_profiles.json`, and a bar chart per profile
+    (`op_profile_<n>.png`) when `plots` is on.
+    """
     os.makedirs(folder, exist_ok=True)
-    written = []
-    plot_paths = []
+    tradeoff_paths = []
     if plots and any(r.accuracy is not None for r in records):
-        plot_paths = plot_tradeoffs(records, folder)
+        tradeoff_paths = plot_tradeoffs(records, folder)
+    profiles = list(profiles)
+    profile_plots = [f"op_profile_{n}.png" for n in range(1, len(profiles) + 1)] if plots else None
+    profile_paths = [plot_op_profile(p, os.path.join(folder, n)) for p, n in zip(profiles, profile_plots or [])]
     with open(os.path.join(folder, "report.md"), "w") as f:
         f.write(markdown_report(records))
-        for path in plot_paths:
+        for path in tradeoff_paths:
             f.write(f"\n![{os.path.basename(path)}]({os.path.basename(path)})\n")
+        if profiles:
+            f.write("\n" + op_profile_markdown(profiles, profile_plots))
     with open(os.path.join(folder, "results.csv"), "w") as f:
         f.write(to_csv(records))
     with open(os.path.join(folder, "results.json"), "w") as f:
         json.dump([r.as_dict() for r in records], f, indent=1)
-    written += [os.path.join(folder, n) for n in ("report.md", "results.csv", "results.json")]
-    return written + plot_paths
+    written = [os.path.join(folder, n) for n in ("report.md", "results.csv", "results.json")]
+    if profiles:
+        with open(os.path.join(folder, "op_profiles.json"), "w") as f:
+            json.dump([p.as_dict() for p in profiles], f, indent=1)
+        written.append(os.path.join(folder, "op_profiles.json"))
+    return written + tradeoff_paths + profile_paths
