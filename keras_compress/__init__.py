@@ -1,4 +1,4 @@
-"""keras-compress: pruning, quantization and distillation for Keras 3,
+"""keras-compress: pruning, quantization, distillation and low-rank factorization for Keras 3,
 measured on the converted TFLite model.
 
 ```python
@@ -11,7 +11,7 @@ kc.to_tflite(qat, "model_int8.tflite", quantization="int8")
 
 __version__ = "0.1.0"
 
-from keras_compress import auto, datasets, distillation, export, pruning, quantization
+from keras_compress import auto, datasets, distillation, export, factorization, pruning, quantization
 from keras_compress.export import (
     evaluate_tflite,
     fidelity_report,
@@ -26,6 +26,7 @@ __all__ = [
     "distillation",
     "evaluate_tflite",
     "export",
+    "factorization",
     "fidelity_report",
     "inspect_tflite",
     "predict_tflite",
