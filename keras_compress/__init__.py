@@ -5,6 +5,7 @@ measured on the converted TFLite model.
 import keras_compress as kc
 pruned = kc.pruning.prune_low_magnitude(model, kc.pruning.PolynomialDecay(0, 0.8, 0, 1000))
 qat = kc.quantization.quantize_model(model)
+small = kc.factorization.factorize(model, energy=0.9)
 kc.to_tflite(qat, "model_int8.tflite", quantization="int8")
 ```
 """

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import small_cnn, value
+from conftest import assert_unchanged, small_cnn, snapshot, value
 from keras_compress import factorization, to_tflite
 from keras_compress.export import predict_tflite
 from keras_compress.factorization import svd
@@ -27,18 +27,6 @@ def with_spectrum(n_in, n_out, values, seed=0):
     """An n_in x n_out matrix whose singular values are exactly `values`."""
     k = len(values)
     return orthonormal(n_in, k, seed) @ np.diag(values) @ orthonormal(n_out, k, seed + 1).T
-
-
-def weights_of(model):
-    return [w.copy() for w in model.get_weights()]
-
-
-def assert_unchanged(model, before, layer_names):
-    assert [l.name for l in model.layers] == layer_names
-    after = model.get_weights()
-    assert len(after) == len(before)
-    for a, b in zip(after, before):
-        np.testing.assert_array_equal(a, b)
 
 
 def dense_model(kernel, bias=None, activation=None, name="fc"):
@@ -197,7 +185,7 @@ def branchy_model():
 
 def test_functional_branches_shared_and_nested_layers_keep_their_outputs():
     model = branchy_model()
-    before, names = weights_of(model), [l.name for l in model.layers]
+    before = snapshot(model)
     small = factorization.factorize(model, energy=1.0)  # rank 2 keeps everything and is smaller
     report = factorization.factorization_report(model, energy=1.0)
     assert {r.name: r.rank for r in report} == {"shared": 2, "inner_fc": 2, "head": 2}
@@ -210,7 +198,7 @@ def test_functional_branches_shared_and_nested_layers_keep_their_outputs():
     assert isinstance(small.get_layer("inner").get_layer("inner_fc"), keras.Sequential)
     # Parameters: 2 * (16 + 16) + 16 + 2 * (32 + 24) + 24 + 2 * (24 + 12) + 12 = 80 + 136 + 84.
     assert small.count_params() == 300 == report.parameters[1]
-    assert_unchanged(model, before, names)
+    assert_unchanged(model, before)
 
 
 def test_skipped_layers_are_named_in_a_warning_and_stay():
@@ -295,13 +283,13 @@ def test_the_tflite_file_matches_keras():
 ])
 def test_bad_arguments_are_refused_and_the_model_is_unchanged(arguments, error, pattern):
     model = small_cnn()
-    before, names = weights_of(model), [l.name for l in model.layers]
+    before = snapshot(model)
     with pytest.raises(error, match=pattern):
         factorization.factorize(model, **arguments)
-    assert_unchanged(model, before, names)
+    assert_unchanged(model, before)
     with pytest.raises(error, match=re.sub("^factorize: ", "factorization_report: ", pattern)):
         factorization.factorization_report(model, **arguments)
-    assert_unchanged(model, before, names)
+    assert_unchanged(model, before)
 
 
 def test_layers_that_cannot_factorize_are_refused_by_name():

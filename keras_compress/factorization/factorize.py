@@ -11,7 +11,6 @@ import logging
 import warnings
 
 import keras
-import numpy as np
 
 from keras_compress import _models
 from keras_compress.factorization import svd
@@ -94,7 +93,7 @@ def factorize(model, rank=None, energy=None, layers=None):
     kc.examples.compile_classifier(small).fit(x, y, epochs=2)
     ```
     """
-    rows, factors = _plan(model, rank, energy, layers, "factorize", with_factors=True)
+    _, factors = _plan(model, rank, energy, layers, "factorize", with_factors=True)
     done = {}
 
     def transform(layer):
@@ -135,8 +134,8 @@ def factorization_report(model, rank=None, energy=None, layers=None):
     print(kc.factorization.factorization_report(model, energy=0.9))
     ```
     """
-    rows, _ = _plan(model, rank, energy, layers, "factorization_report", with_factors=False)
-    return rows
+    report, _ = _plan(model, rank, energy, layers, "factorization_report", with_factors=False)
+    return report
 
 
 def singular_values(model, layers=None):
@@ -281,13 +280,7 @@ def _plan(model, rank, energy, layers, api, with_factors):
         names = None if layers is None else _check_names(api, layers)
         settings = labels = None
     chosen = _select(model, names, api)
-    for layer, _ in chosen:
-        values = layer.kernel.numpy()
-        if not np.isfinite(values).all():
-            raise ValueError(
-                f"{api}: layer '{layer.name}' of model '{model.name}' has non-finite values in its kernel; "
-                "an SVD needs finite numbers."
-            )
+    _models.check_finite_weights(model, api)
     report, factors, skipped = FactorizationReport(), {}, []
     for layer, explicit in chosen:
         layer_value = value if settings is None else settings[layer.name]
