@@ -169,7 +169,8 @@ def main():
     print(f"keras {keras.__version__}; demo CNN, {ARGS.epochs} epochs, then {ARGS.finetune_epochs} fine-tuning "
           f"epochs; low-rank: {setting}; {ARGS.seeds} seed(s); test accuracy on the 2,000 held-out images "
           "from the .tflite (mean +- std)")
-    header = (f"{'model':<26} {'params':>8} {'float B':>8} {'int8 B':>8} {'int8 const B':>12} {'float acc %':>14} {'int8 acc %':>14} "
+    header = (f"{'model':<26} {'params':>8} {'float B':>8} {'int8 B':>8} {'int8 const B':>12} "
+              f"{'float acc %':>14} {'int8 acc %':>14} "
               f"{'int8 p50 x':>10} {'float p50 x':>11}")
     print("\n" + header + "\n" + "-" * len(header))
     for name in METHODS:

@@ -263,9 +263,9 @@ def test_the_tflite_file_matches_keras():
     (dict(rank={"logits": 4}), ValueError, r"rank\['logits'\] must be an int in \[1, 3\] for layer 'logits'"),
     (dict(rank=4, layers=["logits"]), ValueError, r"rank must be an int in \[1, 3\] for layer 'logits'"),
     # dense_a is 72 x 16: rank 14 keeps 14 * 88 = 1232 >= 1152 weights; 13 * 88 = 1144 is smaller.
-    (dict(rank={"dense_a": 14}), ValueError, r"layer 'dense_a' with rank\['dense_a'\]=14: rank 14 would not make it "
-                                             r"smaller \(14 \* \(72 \+ 16\) = 1,232 >= 72 \* 16 = 1,152 kernel weights; "
-                                             r"ranks up to 13 do\)"),
+    (dict(rank={"dense_a": 14}), ValueError,
+     r"layer 'dense_a' with rank\['dense_a'\]=14: rank 14 would not make it smaller "
+     r"\(14 \* \(72 \+ 16\) = 1,232 >= 72 \* 16 = 1,152 kernel weights; ranks up to 13 do\)"),
     (dict(energy=0.0), ValueError, r"energy must be a number in \(0, 1\], got 0.0"),
     (dict(energy=1.5), ValueError, r"energy must be a number in \(0, 1\], got 1.5"),
     (dict(energy=float("nan")), ValueError, r"energy must be a number in \(0, 1\]"),
