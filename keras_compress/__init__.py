@@ -1,17 +1,18 @@
-"""keras-compress: pruning, quantization and distillation for Keras 3,
+"""keras-compress: pruning, quantization, distillation and low-rank factorization for Keras 3,
 measured on the converted TFLite model.
 
 ```python
 import keras_compress as kc
 pruned = kc.pruning.prune_low_magnitude(model, kc.pruning.PolynomialDecay(0, 0.8, 0, 1000))
 qat = kc.quantization.quantize_model(model)
+small = kc.factorization.factorize(model, energy=0.9)
 kc.to_tflite(qat, "model_int8.tflite", quantization="int8")
 ```
 """
 
 __version__ = "0.1.0"
 
-from keras_compress import auto, datasets, distillation, export, pruning, quantization
+from keras_compress import auto, datasets, distillation, export, factorization, pruning, quantization
 from keras_compress.export import (
     evaluate_tflite,
     fidelity_report,
@@ -26,6 +27,7 @@ __all__ = [
     "distillation",
     "evaluate_tflite",
     "export",
+    "factorization",
     "fidelity_report",
     "inspect_tflite",
     "predict_tflite",

@@ -175,3 +175,20 @@ def test_m_by_n_benchmark(tmp_path):
     assert row["unstructured 50%"]["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert 0.45 < row["2:4"]["sparsity"] <= 0.5
     assert row["2:4"]["accuracy"] > 0.8 and row["unstructured 50%"]["accuracy"] > 0.8
+
+
+@pytest.mark.slow
+def test_low_rank_benchmark(tmp_path):
+    out = tmp_path / "low_rank.json"
+    stdout = run_script("low_rank.py", "--seeds", 1, "--epochs", 1, "--finetune-epochs", 1, "--rounds", 1,
+                        "--runs", 20, "--out", out)
+    assert "low-rank minus structured" in stdout
+    row = json.loads(out.read_text())["rows"][0]
+    # Rank 16 factorizes the 144 x 32 conv and the 800 x 64 Dense of the demo CNN:
+    # 56,714 - (4,608 + 51,200) + 16 * (144 + 32) + 16 * (800 + 64) = 17,546.
+    assert row["low-rank"]["params"] == 17_546
+    assert abs(row["structured"]["params"] - 17_546) <= 0.02 * 17_546
+    assert [r["name"] for r in row["report"] if r["skipped"] is None] == [r["name"] for r in row["report"]][1:3]
+    for name in ("low-rank", "structured"):
+        assert row[name]["accuracy"]["int8"] > 0.8
+        assert row[name]["bytes"]["int8"] < 0.5 * row["original"]["bytes"]["int8"]
