@@ -11,7 +11,7 @@ kc.to_tflite(qat, "model_int8.tflite", quantization="int8")
 
 __version__ = "0.1.0"
 
-from keras_compress import auto, datasets, distillation, export, pruning, quantization
+from keras_compress import auto, clustering, datasets, distillation, export, pruning, quantization
 from keras_compress.export import (
     evaluate_tflite,
     fidelity_report,
@@ -22,6 +22,7 @@ from keras_compress.export import (
 
 __all__ = [
     "auto",
+    "clustering",
     "datasets",
     "distillation",
     "evaluate_tflite",
