@@ -74,6 +74,14 @@ def kernel_distinct_values(flatbuffer):
     return counts
 
 
+def entropy_bits(kernel):
+    """Entropy of a kernel's values, bits per weight (what an entropy coder
+    such as gzip's Huffman stage can reach at best for independent weights)."""
+    _, counts = np.unique(keras.ops.convert_to_numpy(kernel), return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
 def measure(flatbuffer, xs, ys):
     return {
         "accuracy": kc.evaluate_tflite(flatbuffer, xs, ys)["accuracy"],
@@ -89,6 +97,8 @@ def ours(base, x, y, seed):
     examples.compile_classifier(clustered)
     clustered.fit(x, y, batch_size=32, epochs=ARGS.cluster_epochs, verbose=0)
     stripped = kc.clustering.strip_clustering(clustered)
+    print(f"  kc clustered kernels: entropy bits per weight "
+          f"{[round(entropy_bits(l.kernel), 2) for l in stripped.layers if getattr(l, 'kernel', None) is not None]}")
     ptq = kc.to_tflite(stripped, quantization="int8", representative_data=x[:200])
     qat = kc.quantization.quantize_model(stripped, preserve_clusters=True)
     examples.compile_classifier(qat)
@@ -112,6 +122,7 @@ def main():
             peer = run_peer("tfmot_clustering_peer.py", ((x, y), (xs, ys)), [
                 "--weights", weights, "--out", tmp, "--clusters", ARGS.clusters, "--init", ARGS.init, "--epochs", ARGS.cluster_epochs,
                 "--qat-epochs", ARGS.qat_epochs, "--seed", seed])
+            print(f"  tfmot clustered kernels: entropy bits per weight {[round(b, 2) for b in peer['entropy_bits']]}")
             for key, label in (("ptq", "tfmot PTQ"), ("cqat", "tfmot CQAT")):
                 with open(os.path.join(tmp, peer["files"][key]), "rb") as f:
                     files[label] = f.read()

@@ -39,6 +39,13 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def entropy_bits(kernel):
+    """Entropy of a kernel's values, bits per weight."""
+    _, counts = np.unique(kernel, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
 def run(args):
     (x, y), (x_test, y_test) = load_data(args.data)
     with np.load(args.weights) as saved:
@@ -73,6 +80,7 @@ def run(args):
         "cqat_keras_accuracy": keras_accuracy(cqat, x_test, y_test),
         "distinct_values": [len(np.unique(layer.kernel.numpy())) for layer in stripped.layers
                             if hasattr(layer, "kernel")],
+        "entropy_bits": [entropy_bits(layer.kernel.numpy()) for layer in stripped.layers if hasattr(layer, "kernel")],
     }
 
 

@@ -16,7 +16,7 @@ from keras_compress.clustering import (
     strip_clustering,
 )
 from keras_compress.clustering.centroids import initial_centroids, nearest
-from keras_compress.clustering.wrapper import assign_to_centroids
+from keras_compress._clusters import assign_to_centroids
 from keras_compress.pruning import ConstantSparsity, UpdatePruningStep, prune_low_magnitude, strip_pruning
 from keras_compress.quantization import QuantizeWrapper, quantize_model
 

@@ -106,7 +106,7 @@ def _kmeans_plus_plus(values, k, rng):
 def nearest(values, centroids):
     """For each value, the index of its nearest centroid (numpy). A value
     halfway between two centroids goes to the larger one, as in
-    `ClusterWeights` (which computes the same with `keras.ops.digitize`)."""
+    `keras_compress._clusters.assign_to_centroids`."""
     values = np.asarray(values, dtype=np.float32)
     centroids = np.asarray(centroids, dtype=np.float32).ravel()
     order = np.argsort(centroids, kind="stable")

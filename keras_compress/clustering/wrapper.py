@@ -7,6 +7,7 @@ from keras import layers as L
 from keras import ops
 
 from keras_compress import _models
+from keras_compress._clusters import shared_values
 from keras_compress._wrappers import Wrapper
 from keras_compress.clustering import centroids as centroids_lib
 
@@ -105,18 +106,6 @@ def check_weight_size(where, layer, weights, number_of_clusters):
                 f"number_of_clusters={number_of_clusters}; give at most {size} clusters, or leave the "
                 "layer out (layers=)."
             )
-
-
-def assign_to_centroids(weight, centroids):
-    """For each weight, the index of its nearest centroid (keras.ops; a value
-    halfway between two goes to the larger one, as `centroids.nearest`)."""
-    if centroids.shape[0] == 1:
-        return ops.zeros(weight.shape, "int32")
-    order = ops.argsort(centroids)
-    ordered = ops.take(centroids, order)
-    midpoints = (ordered[1:] + ordered[:-1]) / 2
-    flat = ops.searchsorted(midpoints, ops.reshape(weight, (-1,)), side="right")
-    return ops.reshape(ops.cast(ops.take(order, flat), "int32"), weight.shape)
 
 
 @keras.saving.register_keras_serializable(package="keras_compress")
@@ -231,13 +220,7 @@ class ClusterWeights(Wrapper):
                 original = ops.cast(w, "float32")
                 if m is not None:
                     original = original * m
-                # Each weight joins its nearest centroid again; the clustered
-                # value is the centroid's, the gradient also reaches the
-                # original weight unchanged (straight through).
-                indices = assign_to_centroids(original, ops.stop_gradient(ops.cast(c, "float32")))
-                idx.assign(indices)
-                value = ops.take(ops.cast(c, "float32"), indices)
-                value = value + original - ops.stop_gradient(original)
+                value = shared_values(original, c, idx)
                 if m is not None:
                     value = value * m
                 replaced[id(w)] = ops.cast(value, w.dtype)

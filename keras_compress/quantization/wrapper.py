@@ -6,6 +6,7 @@ import numpy as np
 from keras import layers as L
 from keras import ops
 
+from keras_compress._clusters import shared_values
 from keras_compress._wrappers import Wrapper
 from keras_compress.quantization.quantizers import (
     check_wrapper_policies,
@@ -121,13 +122,16 @@ class QuantizeWrapper(Wrapper):
     quantization-aware training and export.
 
     With `clusters=k` (cluster-preserving QAT, for a clustered model) the
-    kernel trains as `k` shared values: the wrapper holds its `k` distinct
-    values as trainable centroids and each entry's centroid index, fixed;
-    the kernel variable itself stops training and is not read. Such a
-    kernel is quantized with one range for the whole tensor (unless a
-    BatchNormalization folds into it, which scales each channel), so the
-    int8 file holds at most `k` distinct int8 values per kernel. The converter folds `centroids[indices]` into the
-    file's constant kernel.
+    kernel trains as `k` shared values, as tfmot's cluster-preserving QAT
+    does: the wrapper holds its `k` distinct values as trainable centroids
+    and each entry's centroid index; in training each entry joins its
+    nearest centroid again and the kernel variable trains through the
+    centroids (straight through), so clusters can empty but never
+    multiply. Such a kernel is quantized with one range for the whole
+    tensor (unless a BatchNormalization folds into it, which scales each
+    channel), so the int8 file holds at most `k` distinct int8 values per
+    kernel. The converter folds `centroids[indices]` into the file's
+    constant kernel.
 
     The wrapper does not quantize its output; `quantize_model` puts an
     `ActivationQuantizer` after it (after an Embedding it needs none). Keras
@@ -250,8 +254,6 @@ class QuantizeWrapper(Wrapper):
             name="cluster_centroids", shape=(self.clusters,), initializer="zeros", trainable=True, autocast=False
         )
         self.cluster_indices = self.add_state("cluster_indices", kernel.shape, dtype="int32", aggregation="none")
-        # The centroids train in its place.
-        kernel.trainable = False
         values = ops.convert_to_numpy(ops.cast(kernel, "float32"))
         if np.unique(values).size <= self.clusters:
             self.refresh_clusters()
@@ -275,13 +277,20 @@ class QuantizeWrapper(Wrapper):
         self.cluster_centroids.assign(distinct.astype(np.float32))
         self.cluster_indices.assign(indices.reshape(kernel.shape).astype(np.int32))
 
-    def clustered_kernel(self):
+    def clustered_kernel(self, training=False):
         """The kernel as the centroids give it, `centroids[indices]` (a
-        zero centroid held at zero when `preserve_sparsity` is on)."""
-        centroids = self.cluster_centroids
+        zero centroid held at zero, and zero weights at zero, when
+        `preserve_sparsity` is on). In training every kernel entry first
+        joins its nearest centroid again (tfmot's rule)."""
+        centroids = ops.cast(self.cluster_centroids, "float32")
         if self.preserve_sparsity:
             centroids = keep_zeros(centroids)
-        return ops.take(ops.cast(centroids, "float32"), self.cluster_indices)
+        if not training:
+            return ops.take(centroids, self.cluster_indices)
+        kernel = ops.cast(self.kernel_variable, "float32")
+        if self.preserve_sparsity:
+            kernel = keep_zeros(kernel)
+        return shared_values(kernel, centroids, self.cluster_indices)
 
     @property
     def kernel_variable(self):
@@ -312,7 +321,7 @@ class QuantizeWrapper(Wrapper):
             axis = 2 if self.kernel_variable.shape[3] == 1 else None
         return axis, channel_axes
 
-    def folded_weights(self):
+    def folded_weights(self, training=False):
         """The float kernel and bias the wrapper quantizes and adds.
 
         With a folded BatchNormalization they are
@@ -320,10 +329,10 @@ class QuantizeWrapper(Wrapper):
         `beta + (bias - mean) * gamma / sqrt(var + eps)`; without one, the
         layer's own kernel and bias (`None` when it has none, or when the
         layer adds its bias itself, as an EinsumDense does). With
-        `clusters`, the kernel is `clustered_kernel()`.
+        `clusters`, the kernel is `clustered_kernel(training)`.
         """
         if self.clusters is not None:
-            kernel = self.clustered_kernel()
+            kernel = self.clustered_kernel(training)
         else:
             kernel = ops.cast(self.kernel_variable, "float32")
             if self.preserve_sparsity:
@@ -348,7 +357,7 @@ class QuantizeWrapper(Wrapper):
         return kernel * ops.reshape(scale, shape), shift
 
     def call(self, inputs, training=None):
-        kernel, bias = self.folded_weights()
+        kernel, bias = self.folded_weights(bool(training))
         axis, _ = self._kernel_axes()
         variable = self.kernel_variable
         kernel = quantize_kernel(kernel, self.kernel_range, axis, training)
