@@ -291,3 +291,23 @@ def test_preserve_clusters_names_the_kernels_it_cannot_keep():
         quantize_model(model, preserve_clusters="yes")
     with pytest.raises(ValueError, match="clusters must be None or an integer >= 1"):
         QuantizeWrapper(keras.layers.Dense(3), clusters=0)
+
+
+def test_per_tensor_ptq_keeps_a_clustered_kernels_values_and_per_channel_spreads_them():
+    x, y = toy_data(96)
+    stripped = strip_clustering(cluster_weights(small_cnn(), 6, "linear"))
+    per_channel = file_kernels(to_tflite(stripped, quantization="int8", representative_data=x))
+    per_tensor = file_kernels(to_tflite(stripped, quantization="int8", representative_data=x, per_channel=False))
+    assert all(len(np.unique(k)) <= 6 for k in per_tensor)
+    # Per channel, each output channel has its own scale: the same 6 float
+    # values become different int8 values from channel to channel.
+    assert max(len(np.unique(k)) for k in per_channel) > 6
+    dynamic = file_kernels(to_tflite(stripped, quantization="dynamic", per_channel=False))
+    assert any(k.dtype == np.int8 and len(np.unique(k)) <= 6 for k in dynamic)
+
+
+@pytest.mark.parametrize("kwargs", [{"per_channel": "no"}, {"per_channel": False, "quantization": None},
+                                    {"per_channel": False, "quantization": "float16"}])
+def test_per_channel_argument_is_checked(kwargs):
+    with pytest.raises((TypeError, ValueError), match="per_channel"):
+        to_tflite(small_cnn(), **kwargs)
