@@ -73,3 +73,23 @@ def assert_unchanged(model, before):
     assert len(weights) == len(before[1])
     for a, b in zip(weights, before[1]):
         np.testing.assert_array_equal(a, b)
+
+
+def file_kernels(flatbuffer):
+    """The weight tensors (input 1) of every CONV_2D and FULLY_CONNECTED op,
+    as arrays in TFLite's layout (output channels first, input channels last)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(flatbuffer)
+    graph = model.subgraphs[0]
+    names = {i: flatbuffer_utils.get_builtin_code_from_operator_code(c) for i, c in enumerate(model.operatorCodes)}
+    wanted = {schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.FULLY_CONNECTED}
+    dtypes = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT8: np.int8}
+    kernels = []
+    for op in graph.operators:
+        if names[op.opcodeIndex] in wanted:
+            tensor = graph.tensors[op.inputs[1]]
+            raw = bytes(model.buffers[tensor.buffer].data)
+            kernels.append(np.frombuffer(raw, dtypes[tensor.type]).reshape(list(tensor.shape)))
+    return kernels

@@ -18,7 +18,8 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODULES = ["test_schedules.py", "test_criteria.py", "test_properties.py", "test_determinism.py",
-           "test_bad_inputs.py", "test_callbacks.py", "test_distillation.py", "test_wrapper.py", "test_qat.py"]
+           "test_bad_inputs.py", "test_callbacks.py", "test_distillation.py", "test_wrapper.py", "test_qat.py",
+           "test_clustering.py"]
 
 
 @pytest.mark.slow

@@ -6,9 +6,8 @@ one."""
 import keras
 import numpy as np
 import pytest
-from ai_edge_litert.tools import flatbuffer_utils
 
-from conftest import value
+from conftest import file_kernels, value
 from keras_compress import to_tflite
 from keras_compress.pruning import ConstantSparsity, PruneWrapper, UpdatePruningStep, prune_low_magnitude, strip_pruning
 from keras_compress.pruning.criteria import m_by_n
@@ -63,25 +62,6 @@ def small_model():
 def data(n=64):
     rng = np.random.default_rng(0)
     return rng.random((n, 12, 12, 1), dtype="float32"), rng.integers(0, 3, n)
-
-
-def file_kernels(flatbuffer):
-    """The weight tensors (input 1) of every CONV_2D and FULLY_CONNECTED op,
-    as arrays in TFLite's layout (output channels first, input channels last)."""
-    model = flatbuffer_utils.read_model_from_bytearray(flatbuffer)
-    graph = model.subgraphs[0]
-    names = {i: flatbuffer_utils.get_builtin_code_from_operator_code(c) for i, c in enumerate(model.operatorCodes)}
-    from ai_edge_litert import schema_py_generated as schema
-
-    wanted = {schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.FULLY_CONNECTED}
-    dtypes = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT8: np.int8}
-    kernels = []
-    for op in graph.operators:
-        if names[op.opcodeIndex] in wanted:
-            tensor = graph.tensors[op.inputs[1]]
-            raw = bytes(model.buffers[tensor.buffer].data)
-            kernels.append(np.frombuffer(raw, dtypes[tensor.type]).reshape(list(tensor.shape)))
-    return kernels
 
 
 def test_two_of_four_in_keras_in_the_float_file_and_after_qat_in_the_int8_file():

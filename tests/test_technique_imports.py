@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "keras_compress"
-TECHNIQUES = ("pruning", "quantization", "distillation", "factorization")
+TECHNIQUES = ("pruning", "quantization", "distillation", "factorization", "clustering")
 
 
 def imported_modules(source, module):

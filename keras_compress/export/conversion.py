@@ -77,6 +77,9 @@ def _convert_once(saved_model, options, calibration, sparse):
     if sparse:
         optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
     converter.optimizations = optimizations
+    if not options.get("per_channel", True):
+        # One scale per weight tensor (no public switch; the converter's own).
+        converter._experimental_disable_per_channel = True  # noqa: SLF001
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     # An uncalibrated (quantization-aware) int8 model keeps the default op set:
@@ -127,7 +130,7 @@ def frozen_heap():
         gc.unfreeze()
 
 
-def quantize_calibrated(calibrated, *, int8_io, float_nodes, sparse):
+def quantize_calibrated(calibrated, *, int8_io, float_nodes, sparse, per_channel=True):
     """Quantizes a calibrated float model to int8, keeping the ops that write
     `float_nodes` (tensor names) float.
 
@@ -140,6 +143,7 @@ def quantize_calibrated(calibrated, *, int8_io, float_nodes, sparse):
         int8_io: int8 model inputs and outputs.
         float_nodes: the names of the tensors whose ops stay float.
         sparse: apply the sparse weight encoding afterwards.
+        per_channel: one weight scale per output channel (else per tensor).
 
     Returns:
         The quantized flatbuffer `bytes`.
@@ -155,6 +159,7 @@ def quantize_calibrated(calibrated, *, int8_io, float_nodes, sparse):
         input_data_type=io_type,
         output_data_type=io_type,
         denylisted_nodes=list(float_nodes),
+        disable_per_channel=not per_channel,
     )
     if sparse:
         model = tf_convert.mlir_sparsify(model)

@@ -65,6 +65,7 @@ def to_tflite(
     strict=False,
     isolate="auto",
     strip_names=False,
+    per_channel=True,
 ):
     """Converts a Keras model to a TFLite (LiteRT) flatbuffer.
 
@@ -195,6 +196,14 @@ def to_tflite(
             information, a few hundred bytes of a small model; the inputs,
             outputs and signatures keep theirs): what a microcontroller
             deployment ships. `fidelity_report` needs the names.
+        per_channel: `True` (default, the converter's): int8 weights of
+            convolutions and Dense layers get one scale per output channel.
+            `False`: one scale per weight tensor ("dynamic", "int8" and
+            "int16x8"), so a clustered kernel's N values stay N int8 values
+            and the file compresses better (see `kc.clustering`), at some
+            accuracy cost where channels differ in range. A
+            quantization-aware model's weights follow their fake-quant
+            ranges either way.
 
     The TFLite converter's own log lines (`fully_quantize: 0, ...`) are
     kept off the terminal: a failed conversion's error ends with them, and
@@ -225,10 +234,16 @@ def to_tflite(
     check_backend("to_tflite")
     check_choice("to_tflite", "size_by", size_by, conversion.SIZE_MEASURES)
     check_bool("to_tflite", "strip_names", strip_names)
+    check_bool("to_tflite", "per_channel", per_channel)
     _check_arguments(model, output, quantization, calibration_steps, int8_io, sparse, batch_size,
                      strict, isolate)
     quantization = _resolve_quantization(model, quantization)
     _check_int8_io(int8_io, quantization)
+    if not per_channel and quantization not in ("dynamic", *CALIBRATED_MODES):
+        raise ValueError(
+            "to_tflite: per_channel=False chooses how int8 weights are scaled; it needs quantization "
+            f"'dynamic', 'int8' or 'int16x8', got quantization={quantization!r}."
+        )
     inputs, pack = model_inputs(model, input_signature)
     _check_int16x8_inputs(model, inputs, quantization)
     check_finite_weights(model, "to_tflite")
@@ -237,7 +252,7 @@ def to_tflite(
             model, inputs, representative_data, input_signature,
             {"quantization": quantization, "calibration_steps": calibration_steps, "int8_io": int8_io,
              "sparse": sparse, "size_by": size_by, "batch_size": batch_size, "float_layers": float_layers,
-             "strict": strict, "isolate": isolate, "strip_names": strip_names})
+             "strict": strict, "isolate": isolate, "strip_names": strip_names, "per_channel": per_channel})
         if output is not None:
             with open(output, "wb") as f:
                 f.write(flatbuffer)
@@ -266,6 +281,7 @@ def to_tflite(
             "encodings": [True, False] if sparse == "auto" and has_sparse_weights(model) else [sparse is True],
             "calibrate_only": bool(float_layers),
             "size_by": size_by,
+            "per_channel": per_channel,
         }
         converted, float_nodes = _convert(model, saved_model, options, calibration, isolate, float_layers, names)
 
@@ -522,7 +538,8 @@ def _convert(model, saved_model, options, calibration, isolate, float_layers, na
         return converted, ()
     float_nodes = _float_nodes(converted, model, float_layers, names["output_layers"], names["output_keys"])
     quantized = (
-        conversion.quantize_calibrated(converted, int8_io=options["int8_io"], float_nodes=float_nodes, sparse=e)
+        conversion.quantize_calibrated(converted, int8_io=options["int8_io"], float_nodes=float_nodes, sparse=e,
+                                       per_channel=options["per_channel"])
         for e in options["encodings"]
     )
     return conversion.smallest(quantized, options["size_by"]), float_nodes

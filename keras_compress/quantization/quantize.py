@@ -6,6 +6,7 @@ import warnings
 import keras
 import numpy as np
 from keras import layers as L
+from keras import ops
 
 from keras_compress._backend import check_backend
 from keras_compress import _models
@@ -31,6 +32,9 @@ from keras_compress.quantization.wrapper import (
 )
 
 _SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
+# preserve_clusters keeps a kernel's distinct values when it has at most this
+# many (an int8 kernel cannot hold more).
+MAX_CLUSTERS = 256
 _RECURRENT_REASON = (
     "recurrent layer: quantization-aware training has no int8 rule for the ops of "
     "its cell, so without representative_data they convert float"
@@ -112,7 +116,7 @@ def quantize_annotate_layer(layer):
     return QuantizeAnnotate(layer, name=f"quantize_annotate_{layer.name}")
 
 
-def quantize_model(model, *, float_layers=None, preserve_sparsity=True, ema_decay=0.99):
+def quantize_model(model, *, float_layers=None, preserve_sparsity=True, preserve_clusters=False, ema_decay=0.99):
     """Makes a quantization-aware copy of a model, ready for `fit` and int8 export.
 
     Every layer and Keras op with an int8 rule is fake-quantized so that
@@ -165,6 +169,15 @@ def quantize_model(model, *, float_layers=None, preserve_sparsity=True, ema_deca
             (sparsity-preserving QAT for pruned models), in quantized layers
             and in the layers left float alike (these are wrapped in a
             `SparsityPreservingWrapper` when they hold zeros). Default `True`.
+        preserve_clusters: cluster-preserving QAT, for a clustered model
+            (`kc.clustering`; its wrappers are stripped first): every
+            quantized kernel with at most 256 distinct values (and fewer
+            than its entries) keeps them as
+            shared values that train (each entry keeps its centroid), so the
+            int8 file holds at most that many distinct values per kernel
+            (one int8 range per kernel; per channel where a BatchNormalization
+            folds in). Quantized kernels with more values, and layers this
+            cannot apply to, are named in a warning. Default `False`.
         ema_decay: moving-average decay of the activation ranges, in [0, 1).
 
     Returns:
@@ -183,12 +196,13 @@ def quantize_model(model, *, float_layers=None, preserve_sparsity=True, ema_deca
     _check_model(model, "quantize_model")
     float_names = _check_float_layers(model, float_layers, "quantize_model")
     quantizer = _Quantizer(
-        lambda op: not _names_of(op) & float_names, preserve_sparsity, ema_decay, "quantize_model"
+        lambda op: not _names_of(op) & float_names, preserve_sparsity, ema_decay, "quantize_model",
+        preserve_clusters,
     )
     return quantizer.apply(model)
 
 
-def quantize_apply(model, *, preserve_sparsity=True, ema_decay=0.99):
+def quantize_apply(model, *, preserve_sparsity=True, preserve_clusters=False, ema_decay=0.99):
     """Quantizes the layers marked with `quantize_annotate_layer`; the rest stay float.
 
     The unmarked layers stay float in the int8 file too (see `float_layers`
@@ -198,6 +212,7 @@ def quantize_apply(model, *, preserve_sparsity=True, ema_decay=0.99):
         model: a built Sequential or Functional model with at least one
             `QuantizeAnnotate` layer.
         preserve_sparsity: as in `quantize_model`.
+        preserve_clusters: as in `quantize_model`.
         ema_decay: as in `quantize_model`.
 
     Returns:
@@ -211,7 +226,7 @@ def quantize_apply(model, *, preserve_sparsity=True, ema_decay=0.99):
             "quantize_model to quantize them all."
         )
     selected = lambda op: isinstance(op, QuantizeAnnotate)  # noqa: E731
-    return _Quantizer(selected, preserve_sparsity, ema_decay, "quantize_apply").apply(model)
+    return _Quantizer(selected, preserve_sparsity, ema_decay, "quantize_apply", preserve_clusters).apply(model)
 
 
 def _check_model(model, api):
@@ -356,9 +371,12 @@ def _separable_parts(layer, activation):
 class _Quantizer:
     """One rewrite of a model: walks its graph and rebuilds it quantized."""
 
-    def __init__(self, selected, preserve_sparsity, ema_decay, api):
-        if not isinstance(preserve_sparsity, bool):
-            raise TypeError(f"{api}: preserve_sparsity must be a bool, got {preserve_sparsity!r}.")
+    def __init__(self, selected, preserve_sparsity, ema_decay, api, preserve_clusters=False):
+        for name, value in (("preserve_sparsity", preserve_sparsity), ("preserve_clusters", preserve_clusters)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{api}: {name} must be a bool, got {value!r}.")
+        self.preserve_clusters = preserve_clusters
+        self.unclustered = []  # layers preserve_clusters could not keep clustered
         check_ema_decay(api, ema_decay)
         self.selected = selected
         self.preserve_sparsity = preserve_sparsity
@@ -390,6 +408,14 @@ class _Quantizer:
                 f"have no int8 rule and stay float: {'; '.join(self.left_float.values())}. "
                 "Training gives their ops no int8 range; to_tflite(..., "
                 "quantization='int8') names the ops that the file keeps float.",
+                stacklevel=3,
+            )
+        if self.unclustered:
+            warnings.warn(
+                f"{self.api}: preserve_clusters=True cannot keep the clusters of {len(self.unclustered)} "
+                f"layer(s) of model '{model.name}': {'; '.join(self.unclustered)}. At most {MAX_CLUSTERS} "
+                "distinct values per kernel (fewer than its entries) are kept, in the layers quantize_model "
+                "quantizes with a QuantizeWrapper.",
                 stacklevel=3,
             )
         return new
@@ -656,6 +682,7 @@ class _Quantizer:
                     batch_norm=bn_copy,
                     activation=fused if last else None,
                     preserve_sparsity=self._keeps_zeros(layer),
+                    clusters=self._clusters(layer, weights),
                     name=self._unique(f"quant_{inner.name}"),
                 )
 
@@ -663,6 +690,8 @@ class _Quantizer:
                     inner.set_weights([w.numpy() for w in weights])
                     if bn_copy is not None:
                         bn_copy.set_weights(bn.get_weights())
+                    if wrapper.clusters is not None:
+                        wrapper.refresh_clusters()
                     wrapper.refresh_kernel_range()
 
                 self.fills.append(fill)
@@ -689,6 +718,19 @@ class _Quantizer:
             outputs = self._activation(outputs, own, activation, activation.name)
         return outputs
 
+    def _clusters(self, layer, weights):
+        """The number of distinct values the kernel among `weights` keeps
+        (cluster-preserving QAT), or None."""
+        if not self.preserve_clusters:
+            return None
+        kernel = ops.convert_to_numpy(next(w for w in weights if len(w.shape) >= 2))
+        distinct = len(np.unique(kernel))
+        # Not clustered: every entry its own value, or more than int8 holds.
+        if distinct > MAX_CLUSTERS or distinct == kernel.size:
+            self.unclustered.append(f"'{layer.name}' ({distinct} distinct values in {kernel.size})")
+            return None
+        return distinct
+
     def _keeps_zeros(self, layer):
         """Whether `layer`'s wrapper holds its zeros at zero: asked for, and
         there are zeros to hold. A kernel without an exact zero (one not
@@ -704,6 +746,8 @@ class _Quantizer:
             options = {"ema_decay": self.ema_decay}
             if wrapper_class is QuantizeMultiHeadAttention:
                 options["preserve_sparsity"] = self._keeps_zeros(layer)
+                if self.preserve_clusters:
+                    self.unclustered.append(f"'{layer.name}' (MultiHeadAttention: its projections train free)")
             wrapper = wrapper_class(inner, name=self._unique(f"quant_{layer.name}"), **options)
 
             def fill(inner=inner, wrapper=wrapper):
@@ -792,6 +836,8 @@ class _Quantizer:
                 self.fills.append(lambda new=new, layer=layer: new.set_weights(layer.get_weights()))
             if self.preserve_sparsity and has_zero_weights(layer):
                 new = SparsityPreservingWrapper(new, name=self._unique(f"sparse_{layer.name}"))
+            if self.preserve_clusters and any(len(w.shape) >= 2 and w.trainable for w in layer.weights):
+                self.unclustered.append(f"'{layer.name}' (left float, its weights train free)")
             self.copies[id(layer)] = new
         return self.copies[id(layer)]
 

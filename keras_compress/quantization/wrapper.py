@@ -2,9 +2,11 @@
 BatchNormalization and activation after it folded in."""
 
 import keras
+import numpy as np
 from keras import layers as L
 from keras import ops
 
+from keras_compress._clusters import shared_values
 from keras_compress._wrappers import Wrapper
 from keras_compress.quantization.quantizers import (
     check_wrapper_policies,
@@ -119,6 +121,18 @@ class QuantizeWrapper(Wrapper):
     default): they get no gradient, so a pruned model stays pruned through
     quantization-aware training and export.
 
+    With `clusters=k` (cluster-preserving QAT, for a clustered model) the
+    kernel trains as `k` shared values, as tfmot's cluster-preserving QAT
+    does: the wrapper holds its `k` distinct values as trainable centroids
+    and each entry's centroid index; in training each entry joins its
+    nearest centroid again and the kernel variable trains through the
+    centroids (straight through), so clusters can empty but never
+    multiply. Such a kernel is quantized with one range for the whole
+    tensor (unless a BatchNormalization folds into it, which scales each
+    channel), so the int8 file holds at most `k` distinct int8 values per
+    kernel. The converter folds `centroids[indices]` into the file's
+    constant kernel.
+
     The wrapper does not quantize its output; `quantize_model` puts an
     `ActivationQuantizer` after it (after an Embedding it needs none). Keras
     masks pass through: an `Embedding(mask_zero=True)` still masks its
@@ -134,6 +148,10 @@ class QuantizeWrapper(Wrapper):
         activation: `None`, `"relu"` or `"relu6"`: an activation applied after
             the folded batch normalization (the one TFLite fuses into the op).
         preserve_sparsity: keep zero weights at zero. Default `True`.
+        clusters: `None` (default), or the number of distinct values the
+            kernel keeps (an integer >= 1): the kernel's values when the
+            wrapper builds, or, when it has more (a fresh layer), a linear
+            spread of `clusters` values that loading weights overwrites.
 
     Example:
 
@@ -151,7 +169,7 @@ class QuantizeWrapper(Wrapper):
     nested_config = ("batch_norm",)
 
     def __init__(
-        self, layer, batch_norm=None, activation=None, preserve_sparsity=True, **kwargs
+        self, layer, batch_norm=None, activation=None, preserve_sparsity=True, clusters=None, **kwargs
     ):
         self.expect_layer(layer)
         reason = why_not_quantizable(layer)
@@ -198,11 +216,17 @@ class QuantizeWrapper(Wrapper):
                 f"QuantizeWrapper '{layer.name}': preserve_sparsity must be a bool, "
                 f"got {preserve_sparsity!r}."
             )
+        if clusters is not None and (isinstance(clusters, bool) or not isinstance(clusters, (int, np.integer))
+                                     or clusters < 1):
+            raise ValueError(
+                f"QuantizeWrapper '{layer.name}': clusters must be None or an integer >= 1, got {clusters!r}."
+            )
         super().__init__(layer, **kwargs)
         check_wrapper_policies("QuantizeWrapper", self)
         self.batch_norm = batch_norm
         self.activation = activation
         self.preserve_sparsity = preserve_sparsity
+        self.clusters = None if clusters is None else int(clusters)
 
     def build(self, input_shape=None):
         super().build(input_shape)
@@ -216,12 +240,57 @@ class QuantizeWrapper(Wrapper):
                     f"'{self.batch_norm.name}' normalizes axis {self.batch_norm.axis}; "
                     "only the channels-last axis can be folded."
                 )
-        axis, _ = self._kernel_axes()
         kernel = self.kernel_variable
+        if self.clusters is not None:
+            self._build_clusters(kernel)
+        axis, _ = self._kernel_axes()
         self.kernel_range = self.add_state(
             "kernel_range", () if axis is None else (kernel.shape[axis],), initializer="ones"
         )
         self.refresh_kernel_range()
+
+    def _build_clusters(self, kernel):
+        self.cluster_centroids = self.add_weight(
+            name="cluster_centroids", shape=(self.clusters,), initializer="zeros", trainable=True, autocast=False
+        )
+        self.cluster_indices = self.add_state("cluster_indices", kernel.shape, dtype="int32", aggregation="none")
+        values = ops.convert_to_numpy(ops.cast(kernel, "float32"))
+        if np.unique(values).size <= self.clusters:
+            self.refresh_clusters()
+        # Else a fresh layer: its weights are set next (loading a file, or
+        # quantize_model, which then calls refresh_clusters).
+
+    def refresh_clusters(self):
+        """Sets the centroids and each entry's centroid from the kernel's
+        current values (at most `clusters` distinct ones). Call it after
+        assigning a clustered kernel by hand."""
+        kernel = self.kernel_variable
+        values = ops.convert_to_numpy(ops.cast(kernel, "float32"))
+        distinct, indices = np.unique(values, return_inverse=True)
+        if distinct.size > self.clusters:
+            raise ValueError(
+                f"QuantizeWrapper '{self.name}': the kernel of layer '{self.layer.name}' has {distinct.size} "
+                f"distinct values, more than clusters={self.clusters}."
+            )
+        # Unused slots repeat the last value (no entry points at them).
+        distinct = np.concatenate([distinct, np.full(self.clusters - distinct.size, distinct[-1])])
+        self.cluster_centroids.assign(distinct.astype(np.float32))
+        self.cluster_indices.assign(indices.reshape(kernel.shape).astype(np.int32))
+
+    def clustered_kernel(self, training=False):
+        """The kernel as the centroids give it, `centroids[indices]` (a
+        zero centroid held at zero, and zero weights at zero, when
+        `preserve_sparsity` is on). In training every kernel entry first
+        joins its nearest centroid again (tfmot's rule)."""
+        centroids = ops.cast(self.cluster_centroids, "float32")
+        if self.preserve_sparsity:
+            centroids = keep_zeros(centroids)
+        if not training:
+            return ops.take(centroids, self.cluster_indices)
+        kernel = ops.cast(self.kernel_variable, "float32")
+        if self.preserve_sparsity:
+            kernel = keep_zeros(kernel)
+        return shared_values(kernel, centroids, self.cluster_indices)
 
     @property
     def kernel_variable(self):
@@ -243,24 +312,31 @@ class QuantizeWrapper(Wrapper):
 
     def _kernel_axes(self):
         _, axis, channel_axes = _rule_for(self.layer)
+        if self.clusters is not None and self.batch_norm is None:
+            # One range for the tensor keeps its k values k int8 values.
+            return None, channel_axes
         if axis == "depthwise":
             # Per channel only with depth multiplier 1, where output channel c
             # is input channel c (kernel axis 2).
             axis = 2 if self.kernel_variable.shape[3] == 1 else None
         return axis, channel_axes
 
-    def folded_weights(self):
+    def folded_weights(self, training=False):
         """The float kernel and bias the wrapper quantizes and adds.
 
         With a folded BatchNormalization they are
         `kernel * gamma / sqrt(var + eps)` and
         `beta + (bias - mean) * gamma / sqrt(var + eps)`; without one, the
         layer's own kernel and bias (`None` when it has none, or when the
-        layer adds its bias itself, as an EinsumDense does).
+        layer adds its bias itself, as an EinsumDense does). With
+        `clusters`, the kernel is `clustered_kernel(training)`.
         """
-        kernel = ops.cast(self.kernel_variable, "float32")
-        if self.preserve_sparsity:
-            kernel = keep_zeros(kernel)
+        if self.clusters is not None:
+            kernel = self.clustered_kernel(training)
+        else:
+            kernel = ops.cast(self.kernel_variable, "float32")
+            if self.preserve_sparsity:
+                kernel = keep_zeros(kernel)
         bias = self.layer.bias if getattr(self.layer, "use_bias", False) else None
         bias = None if bias is None else ops.cast(bias, "float32")
         bn = self.batch_norm
@@ -281,7 +357,7 @@ class QuantizeWrapper(Wrapper):
         return kernel * ops.reshape(scale, shape), shift
 
     def call(self, inputs, training=None):
-        kernel, bias = self.folded_weights()
+        kernel, bias = self.folded_weights(bool(training))
         axis, _ = self._kernel_axes()
         variable = self.kernel_variable
         kernel = quantize_kernel(kernel, self.kernel_range, axis, training)
@@ -306,5 +382,6 @@ class QuantizeWrapper(Wrapper):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"activation": self.activation, "preserve_sparsity": self.preserve_sparsity})
+        config.update({"activation": self.activation, "preserve_sparsity": self.preserve_sparsity,
+                       "clusters": self.clusters})
         return config

@@ -1,0 +1,248 @@
+"""`ClusterWeights`: a layer wrapper that trains a layer whose kernels take
+only `number_of_clusters` distinct values (weight clustering, weight sharing)."""
+
+import keras
+import numpy as np
+from keras import layers as L
+from keras import ops
+
+from keras_compress import _models
+from keras_compress._clusters import shared_values
+from keras_compress._wrappers import Wrapper
+from keras_compress.clustering import centroids as centroids_lib
+
+# Which weights of which layer types are clustered: the kernels, not the
+# biases (tfmot's rule). A layer outside this table is clustered through
+# the sub-layers in it that are (the cell of an LSTM, the projections of a
+# MultiHeadAttention), or through its own `get_clusterable_weights()`
+# (tfmot's ClusterableLayer protocol: a list of `(name, variable)` pairs).
+CLUSTERABLE_WEIGHTS = (
+    ((L.Dense, L.EinsumDense), ("kernel",)),
+    ((L.Conv1D, L.Conv2D, L.Conv3D), ("kernel",)),
+    ((L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose), ("kernel",)),
+    ((L.DepthwiseConv1D, L.DepthwiseConv2D), ("kernel",)),
+    ((L.SeparableConv1D, L.SeparableConv2D), ("depthwise_kernel", "pointwise_kernel")),
+    ((L.Embedding,), ("embeddings",)),
+    ((L.LSTMCell, L.GRUCell, L.SimpleRNNCell), ("kernel", "recurrent_kernel")),
+)
+
+SUPPORTED_LAYER_NAMES = (
+    ", ".join(cls.__name__ for classes, _ in CLUSTERABLE_WEIGHTS for cls in classes)
+    + ", layers built from those (MultiHeadAttention, LSTM, GRU, SimpleRNN, Bidirectional, ...), "
+    "or any layer with get_clusterable_weights()"
+)
+
+
+def _rule_for(layer):
+    for classes, attributes in CLUSTERABLE_WEIGHTS:
+        if isinstance(layer, classes):
+            return attributes
+    return None
+
+
+def _has_own_rule(layer):
+    return _rule_for(layer) is not None or hasattr(layer, "get_clusterable_weights")
+
+
+def clusterable_sublayers(layer):
+    """`[layer]` when it has a rule of its own, else its nested layers that
+    have one, outermost first."""
+    if _has_own_rule(layer):
+        return [layer]
+    found = []
+    for sub in layer._flatten_layers(include_self=False, recursive=True):
+        if _has_own_rule(sub) and not any(sub in f._flatten_layers() for f in found):
+            found.append(sub)
+    return found
+
+
+def clusterable_weights(layer):
+    """The variables of a built `layer` that clustering shares out."""
+    weights = []
+    for sub in clusterable_sublayers(layer):
+        attributes = _rule_for(sub)
+        if attributes is None:
+            weights.extend(w for _, w in sub.get_clusterable_weights())
+        else:
+            weights.extend(getattr(sub, name) for name in attributes)
+    return weights
+
+
+def describe(layer):
+    return f"'{layer.name}' ({type(layer).__name__})"
+
+
+def why_not_clusterable(layer):
+    """`None` if `layer` can be clustered, else the reason (a clause)."""
+    if isinstance(layer, ClusterWeights):
+        return "it is already a ClusterWeights wrapper"
+    if _models.is_removable_wrapper(layer):
+        return f"it is a {type(layer).__name__}; strip it first (strip_pruning)"
+    if isinstance(layer, keras.layers.Wrapper) and getattr(layer, "_kc_quantization_aware", False):
+        return "it is quantization-aware; cluster before quantize_model"
+    if getattr(layer, "quantization_mode", None):
+        return f"it is quantized ({layer.quantization_mode}); cluster before quantizing"
+    if not layer.built and isinstance(layer, L.MultiHeadAttention):
+        return None
+    if not clusterable_sublayers(layer):
+        return f"it has no clustering rule. Clusterable types: {SUPPORTED_LAYER_NAMES}"
+    return None
+
+
+def check_number_of_clusters(where, number_of_clusters):
+    if isinstance(number_of_clusters, bool) or not isinstance(number_of_clusters, (int, np.integer)) \
+            or number_of_clusters < 2:
+        raise ValueError(f"{where}: number_of_clusters must be an integer >= 2, got {number_of_clusters!r}.")
+    return int(number_of_clusters)
+
+
+def check_weight_size(where, layer, weights, number_of_clusters):
+    """Raises when a weight of `layer` has fewer entries than clusters."""
+    for w in weights:
+        size = int(np.prod(w.shape))
+        if size < number_of_clusters:
+            raise ValueError(
+                f"{where}: layer {describe(layer)} has weight '{w.name}' of {size} values, fewer than "
+                f"number_of_clusters={number_of_clusters}; give at most {size} clusters, or leave the "
+                "layer out (layers=)."
+            )
+
+
+@keras.saving.register_keras_serializable(package="keras_compress")
+class ClusterWeights(Wrapper):
+    """Trains a layer whose kernels take at most `number_of_clusters` values.
+
+    tfmot's design: each clustered weight gets a vector of centroids
+    (trainable) and, for every entry, the index of its centroid
+    (non-trainable). The layer computes with `centroids[indices]`. In
+    training the original weights are kept and trained too (the gradient of
+    the clustered weight passes straight through to them), and every step
+    assigns each weight to its nearest centroid again, so weights can move
+    between clusters; a centroid's gradient is the sum of its members'. In
+    inference the stored assignments are read, so the layer computes exactly
+    the clustered weights that `strip_clustering` writes into it.
+
+    Biases are not clustered. Clustered weights: the kernels of Dense,
+    EinsumDense, the convolutions (both kernels of a separable one),
+    Embedding tables, the kernel and recurrent kernel of LSTM / GRU /
+    SimpleRNN cells, and what a custom layer's `get_clusterable_weights()`
+    returns.
+
+    Args:
+        layer: the layer to cluster.
+        number_of_clusters: distinct values per weight tensor, >= 2.
+        cluster_centroids_init: `"kmeans++"` (default, as tfmot), `"linear"`,
+            `"density-based"` or `"random"` (see
+            `keras_compress.clustering.centroids`).
+        preserve_sparsity: keep the weights that are exactly zero at zero (a
+            pruned model stays pruned): they are held by a fixed mask, and
+            `number_of_clusters - 1` centroids share the non-zero weights, so
+            zero is one of the `number_of_clusters` values. Default False.
+        seed: seed of the random initializations.
+        **kwargs: base layer arguments (`name`...). The default name is
+            `"cluster_" + layer.name`.
+    """
+
+    name_prefix = "cluster_"
+
+    def __init__(self, layer, number_of_clusters, cluster_centroids_init=centroids_lib.KMEANS_PLUS_PLUS,
+                 preserve_sparsity=False, seed=None, **kwargs):
+        self.expect_layer(layer, why_not_clusterable)
+        where = f"ClusterWeights '{layer.name}'"
+        number_of_clusters = check_number_of_clusters(where, number_of_clusters)
+        cluster_centroids_init = centroids_lib.check_method(where, cluster_centroids_init)
+        if not isinstance(preserve_sparsity, bool):
+            raise TypeError(f"{where}: preserve_sparsity must be True or False, got {preserve_sparsity!r}.")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"{where}: seed must be an int or None, got {seed!r}.")
+        if layer.built:
+            check_weight_size(where, layer, clusterable_weights(layer), number_of_clusters)
+        super().__init__(layer, **kwargs)
+        self.number_of_clusters = number_of_clusters
+        self.cluster_centroids_init = cluster_centroids_init
+        self.preserve_sparsity = preserve_sparsity
+        self.seed = seed
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        self._clustered = clusterable_weights(self.layer)
+        if not self._clustered:
+            raise ValueError(f"ClusterWeights '{self.name}': layer {describe(self.layer)} has no clusterable "
+                             f"weights once built. Clusterable types: {SUPPORTED_LAYER_NAMES}.")
+        check_weight_size(f"ClusterWeights '{self.name}'", self.layer, self._clustered, self.number_of_clusters)
+        slots = self.number_of_clusters - 1 if self.preserve_sparsity else self.number_of_clusters
+        self.cluster_centroids, self.pulling_indices, self.sparsity_masks = [], [], []
+        for i, w in enumerate(self._clustered):
+            values = ops.convert_to_numpy(ops.cast(w, "float32"))
+            mask = (values != 0) if self.preserve_sparsity else np.ones(values.shape, bool)
+            shared = values[mask] if mask.any() else np.zeros(1, np.float32)
+            seed = None if self.seed is None else self.seed + i
+            start = centroids_lib.initial_centroids(shared, slots, self.cluster_centroids_init, seed)
+            name = f"{i}_{w.name}"
+            centroids = self.add_weight(name=f"cluster_centroids_{name}", shape=(slots,),
+                                        initializer="zeros", trainable=True, autocast=False)
+            centroids.assign(start)
+            indices = self.add_state(f"pulling_indices_{name}", w.shape, dtype="int32",
+                                     aggregation="only_first_replica")
+            indices.assign(centroids_lib.nearest(values, start))
+            self.cluster_centroids.append(centroids)
+            self.pulling_indices.append(indices)
+            if self.preserve_sparsity:
+                self.sparsity_masks.append(self.add_state(f"sparsity_mask_{name}", w.shape, aggregation="none"))
+                self.sparsity_masks[-1].assign(mask.astype(np.float32))
+            else:
+                self.sparsity_masks.append(None)
+
+    @property
+    def clustered_weights(self):
+        """The variables this wrapper clusters, aligned with
+        `cluster_centroids` and `pulling_indices`."""
+        return list(self._clustered)
+
+    def clustered_values(self):
+        """The weights the layer computes with, `centroids[indices]` (times
+        the sparsity mask), aligned with `clustered_weights`."""
+        return [self._shared(c, idx, m, w.dtype)
+                for w, c, idx, m in zip(self._clustered, self.cluster_centroids, self.pulling_indices,
+                                        self.sparsity_masks)]
+
+    @staticmethod
+    def _shared(centroids, indices, mask, dtype):
+        values = ops.take(centroids, indices)
+        if mask is not None:
+            values = values * mask
+        return ops.cast(values, dtype)
+
+    def call(self, inputs, *args, training=None, **kwargs):
+        replaced = {}
+        for w, c, idx, m in zip(self._clustered, self.cluster_centroids, self.pulling_indices, self.sparsity_masks):
+            if training:
+                original = ops.cast(w, "float32")
+                if m is not None:
+                    original = original * m
+                value = shared_values(original, c, idx)
+                if m is not None:
+                    value = value * m
+                replaced[id(w)] = ops.cast(value, w.dtype)
+            else:
+                replaced[id(w)] = self._shared(ops.cast(c, "float32"), idx, m, w.dtype)
+        mapping = [(v, replaced.get(id(v), v.value)) for v in self.layer.variables]
+        outputs, scope = self.call_layer(mapping, inputs, *args, **kwargs)
+        # A stateless scope records assignments instead of making them: write
+        # back the state the layer updated (moving statistics, RNN states).
+        given = {id(v): value for v, value in mapping}
+        for variable in self.layer.non_trainable_variables:
+            value = scope.get_current_value(variable)
+            if value is not None and value is not given[id(variable)]:
+                variable.assign(value)
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "number_of_clusters": self.number_of_clusters,
+            "cluster_centroids_init": self.cluster_centroids_init,
+            "preserve_sparsity": self.preserve_sparsity,
+            "seed": self.seed,
+        })
+        return config
