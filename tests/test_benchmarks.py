@@ -192,3 +192,21 @@ def test_low_rank_benchmark(tmp_path):
     for name in ("low-rank", "structured"):
         assert row[name]["accuracy"]["int8"] > 0.8
         assert row[name]["bytes"]["int8"] < 0.5 * row["original"]["bytes"]["int8"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow_model_optimization") is None, reason="needs the [tfmot] extra")
+def test_clustering_benchmark_against_tfmot(tmp_path):
+    out = tmp_path / "clustering.json"
+    stdout = run_script("clustering.py", "--seeds", 1, "--epochs", 1, "--cluster-epochs", 1, "--qat-epochs", 1,
+                        "--train", 2000, "--clusters", 8, "--out", out)
+    assert "keras-compress minus tfmot" in stdout
+    row = json.loads(out.read_text())["rows"][0]
+    # 8 clusters: at most 8 int8 values in each of the 4 kernels where the
+    # scales are per tensor; per channel spreads them (the converter's default).
+    for label in ("kc CQAT", "kc PTQ per-tensor"):
+        assert len(row[label]["distinct"]) == 4 and max(row[label]["distinct"]) <= 8, label
+    assert max(row["kc PTQ"]["distinct"]) > 8
+    for label in ("kc PTQ", "kc PTQ per-tensor", "kc CQAT", "tfmot PTQ", "tfmot CQAT"):
+        assert row[label]["gzip_bytes"] < 0.8 * row["float int8 (no clustering)"]["gzip_bytes"], label
+        assert row[label]["accuracy"] > 0.8, label
