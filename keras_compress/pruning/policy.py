@@ -83,10 +83,12 @@ class PruneForLatencyOnXNNPack(PruningPolicy):
       UpSampling2D; Add, Multiply, `+`, `-`, `*`; ReLU, LeakyReLU, ELU,
       Dropout, Identity; Activation relu, relu6, leaky_relu, elu, sigmoid.
 
-    As in tfmot, every 1x1 Conv2D of the model is wrapped, including one
-    after the GlobalAveragePooling2D (a classifier head such as
-    keras.applications.MobileNet's `conv_preds`), which lies outside the
-    checked subgraph; pass `layers=` as well to leave it dense. Keras's
+    Only the 1x1 Conv2D layers inside that subgraph are wrapped. tfmot wraps
+    every 1x1 Conv2D of the model, including one after the
+    GlobalAveragePooling2D (a classifier head such as
+    keras.applications.MobileNet's `conv_preds`), which XNNPACK's sparse
+    path does not run: pruning it would lose accuracy for no speed, so it is
+    left dense here. Keras's
     own MobileNet models use `padding="same"` in their strided convolutions,
     which XNNPACK's sparse path does not take, so this policy refuses them,
     as tfmot refuses tf_keras's.
@@ -100,11 +102,21 @@ class PruneForLatencyOnXNNPack(PruningPolicy):
     ```
     """
 
+    def __init__(self):
+        # ids of the layers of the sparse subgraph found by the last
+        # ensure_model_supports_pruning (None before any).
+        self._subgraph = None
+
     def allow_pruning(self, layer):
-        return isinstance(layer, L.Conv2D) and tuple(layer.kernel_size) == (1, 1)
+        """A 1x1 Conv2D in the sparse subgraph of the model last checked by
+        `ensure_model_supports_pruning` (any 1x1 Conv2D before a check)."""
+        if not (isinstance(layer, L.Conv2D) and tuple(layer.kernel_size) == (1, 1)):
+            return False
+        return self._subgraph is None or id(layer) in self._subgraph
 
     def ensure_model_supports_pruning(self, model):
         name = type(self).__name__
+        self._subgraph = None
         _models.check_graph_model(model, name, "another pruning_policy")
         graph = _Graph(model)
         entries = graph.search(graph.input_consumers(), graph.is_entry, graph.consumers)
@@ -119,7 +131,10 @@ class PruneForLatencyOnXNNPack(PruningPolicy):
             raise ValueError(f"{name}: model '{model.name}' needs a GlobalAveragePooling2D on every output branch, "
                              "where XNNPACK's sparse-inference subgraph ends.")
 
+        inside = {id(_layer(n)) for n in entries.values()}
+
         def stop(node):
+            inside.add(id(_layer(node)))
             reason = None if id(node) in ends else graph.unsupported(node)
             if reason:
                 raise ValueError(f"{name}: model '{model.name}' cannot use XNNPACK's sparse inference: its layer "
@@ -128,6 +143,7 @@ class PruneForLatencyOnXNNPack(PruningPolicy):
             return id(node) in ends
 
         graph.search([c for n in entries.values() for c in graph.consumers(n)], stop, graph.consumers)
+        self._subgraph = inside
 
 
 def _layer(node):
