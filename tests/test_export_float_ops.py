@@ -237,6 +237,19 @@ def test_float_layers_can_name_the_output_layer_and_a_nested_model():
         assert [op.type for op in floats] == ["FULLY_CONNECTED"] * float_ones, names
 
 
+def test_float_layers_names_one_layer_when_scopes_are_ambiguous():
+    # Keras's second entry into layer "dense"'s scope is "dense_1", the name of
+    # the next layer too: only the layer named stays float.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), L.Dense(16, activation="relu", name="dense"),
+                              L.Dense(3, name="dense_1")], name="ambiguous")
+    x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+    for name, dtypes in (("dense_1", ["int8", "float32"]), ("dense", ["float32", "int8"])):
+        info = inspect_tflite(to_tflite(model, quantization="int8", representative_data=x, float_layers=[name]))
+        # The two FULLY_CONNECTED ops in execution order: layer "dense", then "dense_1".
+        assert [op.dtype for op in info.ops if op.type == "FULLY_CONNECTED"] == dtypes, name
+
+
 def test_float_layers_of_a_quantization_aware_model_are_refused(monkeypatch):
     inputs = keras.Input((8,), name="x")
     x = FakeQuant(name="fq_out")(L.Dense(3, name="logits")(FakeQuant(name="fq_in")(inputs)))

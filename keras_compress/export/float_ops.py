@@ -161,10 +161,19 @@ def float_ops_message(groups, model_name, quantization, strict=False):
 
 def in_layers(name, candidates, model, names):
     """Whether the op writing tensor `name`, of candidate layers `candidates`
-    (see `op_layers`), belongs to one of the layers or nested models `names`."""
-    if set(candidates) & set(names):
+    (see `op_layers`), belongs to one of the layers or nested models `names`.
+
+    Where the name resolves to layers, each fused path counts with its most
+    likely layer only: scope `dense_1` is layer `dense` (Keras's second
+    entry into its scope) rather than layer `dense_1`, whose ops are under
+    `dense_1_2`; matching every reading kept both layers float for
+    `float_layers=["dense_1"]`."""
+    names = set(names)
+    resolved = [resolve_scope(path, model) for path in name.split(FUSED_SEPARATOR)]
+    likely = {layers[0] for layers, _ in resolved if layers}
+    if (likely or set(candidates)) & names:
         return True
-    return any(set(resolve_scope(path, model)[1][1:]) & set(names) for path in name.split(FUSED_SEPARATOR))
+    return any(set(chain[1:]) & names for _, chain in resolved)
 
 
 def _origin(name, candidates, by_name, model):
