@@ -120,22 +120,34 @@ def clone_model(model, transform):
         The new model. `model` is not modified.
     """
     pending = []
+    cache = {}
 
     def clone_function(layer):
         if not isinstance(layer, keras.layers.Layer):
             return layer
-        replaced = transform(layer)
-        if replaced is None:
-            new = copy_layer(layer)
-            replaced = (new, lambda built, source=layer: built.set_weights(source.get_weights()))
-        pending.append(replaced)
-        return replaced[0]
+        if id(layer) in cache:  # a layer shared across nested models stays shared
+            return cache[id(layer)]
+        if isinstance(layer, keras.Sequential):
+            # A nested Sequential is rebuilt without its Input, so that it
+            # takes the width its (maybe narrowed) input now has.
+            new = keras.Sequential([clone_function(l) for l in layer.layers], name=layer.name,
+                                   trainable=layer.trainable)
+        elif isinstance(layer, Functional):
+            new = keras.models.clone_model(layer, clone_function=clone_function)
+        else:
+            replaced = transform(layer)
+            if replaced is None:
+                new = copy_layer(layer)
+                replaced = (new, lambda built, source=layer: built.set_weights(source.get_weights()))
+            pending.append(replaced)
+            new = replaced[0]
+        cache[id(layer)] = new
+        return new
 
     clone = keras.models.clone_model(
         model,
         input_tensors=_named_inputs(model),
         clone_function=clone_function,
-        recursive=True,
     )
     for new, fill in pending:
         fill(new)

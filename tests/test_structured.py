@@ -270,6 +270,23 @@ def test_nested_model_stays_nested():
     np.testing.assert_allclose(value(small(x)), value(model(x)), atol=1e-5)
 
 
+def test_nested_sequential_takes_the_narrowed_width_of_its_input():
+    # The units removed before a nested Sequential narrow its first layer's
+    # inputs: its Input (16 wide) must not pin the old width.
+    keras.backend.clear_session()
+    inner = keras.Sequential([keras.Input((16,)), L.Dense(8, activation="relu", name="in_dense")], name="inner")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, L.Dense(3, name="logits")(inner(L.Dense(16, activation="relu", name="first")(inputs))))
+    kernel = value(model.get_layer("first").kernel)
+    kernel[:, 8:] = 0  # units 8..15 are dead: removing them changes nothing
+    model.get_layer("first").kernel.assign(kernel)
+    model.get_layer("first").bias.assign(np.zeros(16, "float32"))
+    small = shrink(model, {"first": 0.5})
+    assert small.get_layer("inner").get_layer("in_dense").kernel.shape == (8, 8)
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    np.testing.assert_allclose(value(small(x)), value(model(x)), atol=1e-5)
+
+
 def test_depthwise_multiplier_and_shared_layer():
     keras.backend.clear_session()
     inputs = keras.Input((6, 6, 2))
