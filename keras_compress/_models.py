@@ -11,6 +11,7 @@ technique's training wrapper is taken off by another technique).
 
 import keras
 import numpy as np
+from keras import layers as L
 from keras.src.models.functional import Functional  # Keras has no public name for it.
 
 
@@ -57,6 +58,54 @@ def check_finite_weights(model, api):
                     f"{api}: layer '{layer.name}' of model '{model.name}' has non-finite ({bad}) "
                     f"values in its weight '{weight.path}'; every weight must be a finite number."
                 )
+
+
+# The weights a weight-level technique (pruning, clustering) acts on, per
+# layer kind: the kernels, not the biases. A layer outside this table takes
+# part through its own method (`get_prunable_weights()`,
+# `get_clusterable_weights()`: tfmot's protocols) or through the sub-layers
+# it owns that are in the table: MultiHeadAttention (its query/key/value/
+# output EinsumDense kernels), LSTM / GRU / SimpleRNN (their cell's kernel and
+# recurrent kernel), Bidirectional, TimeDistributed, and any custom layer
+# built from such layers.
+KERNEL_WEIGHTS = (
+    ((L.Dense, L.EinsumDense), ("kernel",)),
+    ((L.Conv1D, L.Conv2D, L.Conv3D), ("kernel",)),
+    ((L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose), ("kernel",)),
+    ((L.DepthwiseConv1D, L.DepthwiseConv2D), ("kernel",)),  # Keras 3 names it "kernel"
+    ((L.SeparableConv1D, L.SeparableConv2D), ("depthwise_kernel", "pointwise_kernel")),
+    ((L.Embedding,), ("embeddings",)),
+    ((L.LSTMCell, L.GRUCell, L.SimpleRNNCell), ("kernel", "recurrent_kernel")),
+)
+
+
+def kernel_weights_names(protocol):
+    """The layer kinds of `KERNEL_WEIGHTS` as a message lists them, with the
+    containers built from them and the `protocol` method."""
+    return (", ".join(cls.__name__ for classes, _ in KERNEL_WEIGHTS for cls in classes)
+            + ", layers built from those (MultiHeadAttention, LSTM, GRU, SimpleRNN, "
+            f"Bidirectional, TimeDistributed, ...), or any layer with {protocol}()")
+
+
+def kernel_attributes(layer):
+    """The attribute names of `layer`'s kernel weights in `KERNEL_WEIGHTS`, or None."""
+    for classes, attributes in KERNEL_WEIGHTS:
+        if isinstance(layer, classes):
+            return attributes
+    return None
+
+
+def ruled_sublayers(layer, has_rule):
+    """`[layer]` when `has_rule(layer)`, else its nested layers that have a
+    rule, outermost first (a sub-layer with a rule is taken whole: its own
+    sub-layers are its business, as for the outer layer)."""
+    if has_rule(layer):
+        return [layer]
+    found = []
+    for sub in layer._flatten_layers(include_self=False, recursive=True):
+        if has_rule(sub) and not any(sub in f._flatten_layers() for f in found):
+            found.append(sub)
+    return found
 
 
 def walk_layers(model):
@@ -152,6 +201,28 @@ def clone_model(model, transform):
     for new, fill in pending:
         fill(new)
     return clone
+
+
+def strip_wrappers(model, wrapper_type, weights_of, api):
+    """`model` with every `wrapper_type` layer replaced by a plain copy of the
+    layer it wraps, whose weights are `weights_of(wrapper)` (its
+    `layer.weights` with the technique's result baked in): a clone; `model`
+    is not modified. A single wrapper gives back a copy of its inner layer.
+    `api` names the caller in errors."""
+    if isinstance(model, wrapper_type):
+        layer = copy_layer(model.layer)
+        if model.layer.built:
+            layer.build_from_config(model.layer.get_build_config())
+            layer.set_weights(weights_of(model))
+        return layer
+    check_graph_model(model, api, f"{api}(wrapper)")
+
+    def transform(layer):
+        if not isinstance(layer, wrapper_type):
+            return None
+        return copy_layer(layer.layer), lambda built, source=layer: built.set_weights(weights_of(source))
+
+    return clone_model(model, transform)
 
 
 def graph_of(model):

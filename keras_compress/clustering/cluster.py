@@ -165,21 +165,7 @@ def strip_clustering(model):
     Args:
         model: a model containing `ClusterWeights` layers, or one wrapper.
     """
-    if isinstance(model, ClusterWeights):
-        layer = _models.copy_layer(model.layer)
-        if model.layer.built:
-            layer.build_from_config(model.layer.get_build_config())
-            layer.set_weights(_clustered_weights(model))
-        return layer
-    _models.check_graph_model(model, "strip_clustering", "strip_clustering(wrapper)")
-
-    def transform(layer):
-        if not isinstance(layer, ClusterWeights):
-            return None
-        return _models.copy_layer(layer.layer), lambda built, source=layer: built.set_weights(
-            _clustered_weights(source))
-
-    return _models.clone_model(model, transform)
+    return _models.strip_wrappers(model, ClusterWeights, _clustered_weights, "strip_clustering")
 
 
 # quantize_model takes a clustering wrapper off through this hook (the

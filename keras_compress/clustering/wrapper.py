@@ -11,33 +11,13 @@ from keras_compress._clusters import shared_values
 from keras_compress._wrappers import Wrapper
 from keras_compress.clustering import centroids as centroids_lib
 
-# Which weights of which layer types are clustered: the kernels, not the
-# biases (tfmot's rule). A layer outside this table is clustered through
-# the sub-layers in it that are (the cell of an LSTM, the projections of a
-# MultiHeadAttention), or through its own `get_clusterable_weights()`
-# (tfmot's ClusterableLayer protocol: a list of `(name, variable)` pairs).
-CLUSTERABLE_WEIGHTS = (
-    ((L.Dense, L.EinsumDense), ("kernel",)),
-    ((L.Conv1D, L.Conv2D, L.Conv3D), ("kernel",)),
-    ((L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose), ("kernel",)),
-    ((L.DepthwiseConv1D, L.DepthwiseConv2D), ("kernel",)),
-    ((L.SeparableConv1D, L.SeparableConv2D), ("depthwise_kernel", "pointwise_kernel")),
-    ((L.Embedding,), ("embeddings",)),
-    ((L.LSTMCell, L.GRUCell, L.SimpleRNNCell), ("kernel", "recurrent_kernel")),
-)
-
-SUPPORTED_LAYER_NAMES = (
-    ", ".join(cls.__name__ for classes, _ in CLUSTERABLE_WEIGHTS for cls in classes)
-    + ", layers built from those (MultiHeadAttention, LSTM, GRU, SimpleRNN, Bidirectional, ...), "
-    "or any layer with get_clusterable_weights()"
-)
-
-
-def _rule_for(layer):
-    for classes, attributes in CLUSTERABLE_WEIGHTS:
-        if isinstance(layer, classes):
-            return attributes
-    return None
+# Which weights of which layer types are clustered: the kernels of
+# `_models.KERNEL_WEIGHTS`, not the biases (tfmot's rule), or what a layer's
+# `get_clusterable_weights()` returns (tfmot's ClusterableLayer protocol: a
+# list of `(name, variable)` pairs), or those of the sub-layers it is built
+# from (the cell of an LSTM, the projections of a MultiHeadAttention).
+SUPPORTED_LAYER_NAMES = _models.kernel_weights_names("get_clusterable_weights")
+_rule_for = _models.kernel_attributes
 
 
 def _has_own_rule(layer):
@@ -47,13 +27,7 @@ def _has_own_rule(layer):
 def clusterable_sublayers(layer):
     """`[layer]` when it has a rule of its own, else its nested layers that
     have one, outermost first."""
-    if _has_own_rule(layer):
-        return [layer]
-    found = []
-    for sub in layer._flatten_layers(include_self=False, recursive=True):
-        if _has_own_rule(sub) and not any(sub in f._flatten_layers() for f in found):
-            found.append(sub)
-    return found
+    return _models.ruled_sublayers(layer, _has_own_rule)
 
 
 def clusterable_weights(layer):

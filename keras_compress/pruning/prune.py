@@ -327,22 +327,7 @@ def strip_pruning(model):
     Args:
         model: a model containing `PruneWrapper` layers, or one wrapper.
     """
-    if isinstance(model, PruneWrapper):
-        layer = _models.copy_layer(model.layer)
-        if model.layer.built:
-            layer.build_from_config(model.layer.get_build_config())
-            layer.set_weights(_masked_weights(model))
-        return layer
-    _models.check_graph_model(model, "strip_pruning", "strip_pruning(wrapper)")
-
-    def transform(layer):
-        if not isinstance(layer, PruneWrapper):
-            return None
-        return _models.copy_layer(layer.layer), lambda built, source=layer: built.set_weights(
-            _masked_weights(source)
-        )
-
-    return _models.clone_model(model, transform)
+    return _models.strip_wrappers(model, PruneWrapper, _masked_weights, "strip_pruning")
 
 
 def prune_scope():

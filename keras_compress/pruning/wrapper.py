@@ -4,42 +4,21 @@ import keras
 from keras import layers as L
 from keras import ops
 
+from keras_compress import _models
 from keras_compress._backend import counter_dtype
 from keras_compress._wrappers import Wrapper
 from keras_compress.pruning import schedules as schedules_lib
 from keras_compress.pruning.criteria import check_block_pooling_type, check_block_size, check_m_by_n
 
-# Which weights of which layer types are pruned. Bias is added on request.
-# A layer outside this table can still be pruned if it implements
-# `get_prunable_weights()`, returning the variables to prune (tfmot's protocol,
-# made explicit by subclassing `PrunableLayer`; duck typing is enough),
-# or if it owns sub-layers that are in the table: MultiHeadAttention (its
-# query/key/value/output EinsumDense kernels), LSTM / GRU / SimpleRNN (their
-# cell's kernel and recurrent kernel), Bidirectional, TimeDistributed, and any
-# custom layer built from such layers.
-PRUNABLE_WEIGHTS = (
-    ((L.Dense, L.EinsumDense), ("kernel",)),
-    ((L.Conv1D, L.Conv2D, L.Conv3D), ("kernel",)),
-    ((L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose), ("kernel",)),
-    ((L.DepthwiseConv1D, L.DepthwiseConv2D), ("kernel",)),  # Keras 3 names it "kernel"
-    ((L.SeparableConv1D, L.SeparableConv2D), ("depthwise_kernel", "pointwise_kernel")),
-    ((L.Embedding,), ("embeddings",)),
-    ((L.LSTMCell, L.GRUCell, L.SimpleRNNCell), ("kernel", "recurrent_kernel")),
-)
+# Which weights of which layer types are pruned: the kernels of
+# `_models.KERNEL_WEIGHTS` (bias is added on request), or what a layer's
+# `get_prunable_weights()` returns (tfmot's protocol, made explicit by
+# subclassing `PrunableLayer`; duck typing is enough), or those of the
+# sub-layers it is built from (see `_models.ruled_sublayers`).
+PRUNABLE_WEIGHTS = _models.KERNEL_WEIGHTS
 
-SUPPORTED_LAYER_NAMES = (
-    ", ".join(cls.__name__ for classes, _ in PRUNABLE_WEIGHTS for cls in classes)
-    + ", layers built from those (MultiHeadAttention, LSTM, GRU, SimpleRNN, "
-    "Bidirectional, TimeDistributed, ...), or any layer with get_prunable_weights()"
-)
-
-
-def _rule_for(layer):
-    for classes, attributes in PRUNABLE_WEIGHTS:
-        if isinstance(layer, classes):
-            return attributes
-    return None
-
+SUPPORTED_LAYER_NAMES = _models.kernel_weights_names("get_prunable_weights")
+_rule_for = _models.kernel_attributes
 
 # Containers that create their prunable sub-layers only in build(): an
 # unbuilt one is accepted, and checked once built.
@@ -55,15 +34,7 @@ def prunable_sublayers(layer):
     wrapped: `[layer]` for a layer with a rule of its own, else the nested
     layers that have one (the EinsumDense projections of a
     MultiHeadAttention, the cell of an LSTM), outermost first."""
-    if _has_own_rule(layer):
-        return [layer]
-    found = []
-    for sub in layer._flatten_layers(include_self=False, recursive=True):
-        # A sub-layer with a rule is pruned whole; its own sub-layers are not
-        # visited again (they are its business, as for the outer layer).
-        if _has_own_rule(sub) and not any(sub in f._flatten_layers() for f in found):
-            found.append(sub)
-    return found
+    return _models.ruled_sublayers(layer, _has_own_rule)
 
 
 def why_not_prunable(layer):
