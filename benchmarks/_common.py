@@ -41,6 +41,13 @@ def pin_threads(threads):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def mean_std(values):
+    """`(mean, sample std)` of `values`; the std of one value is 0."""
+    import statistics
+
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
 def write_results(path, results, args=None):
     """Writes `results` (a dict) as JSON to `path` with the run's settings
     (the arguments, date, Python, platform) and prints where; does nothing

@@ -20,9 +20,7 @@ Mean +- std over seeds, and the paired difference keras-compress - tfmot.
     python benchmarks/clustering.py [--seeds 3] [--epochs 2] [--cluster-epochs 2] [--qat-epochs 1]
 """
 
-import statistics
-
-from _common import parser, pin_threads, write_results
+from _common import mean_std, parser, pin_threads, write_results
 
 
 def parse_args():
@@ -148,20 +146,19 @@ def main():
         summary[label] = {}
         cells = []
         for key, scale in (("accuracy", 100), ("bytes", 1), ("gzip_bytes", 1)):
-            values = [r[label][key] * scale for r in rows]
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            summary[label][key] = {"mean": statistics.mean(values), "std": std}
-            cells.append(f"{key} {statistics.mean(values):,.2f} +- {std:,.2f}")
+            mean, std = mean_std([r[label][key] * scale for r in rows])
+            summary[label][key] = {"mean": mean, "std": std}
+            cells.append(f"{key} {mean:,.2f} +- {std:,.2f}")
         print(f"  {label:<27} " + "; ".join(cells))
     print("\npaired by seed, keras-compress minus tfmot:")
     for ours_label, peer_label in (("kc PTQ", "tfmot PTQ"), ("kc PTQ per-tensor", "tfmot PTQ"),
                                    ("kc CQAT", "tfmot CQAT")):
         acc = [100 * (r[ours_label]["accuracy"] - r[peer_label]["accuracy"]) for r in rows]
         gz = [r[ours_label]["gzip_bytes"] - r[peer_label]["gzip_bytes"] for r in rows]
-        sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
-        print(f"  {ours_label:<18} vs {peer_label:<10} test accuracy {statistics.mean(acc):+.2f} +- {sd(acc):.2f} "
-              f"points (per seed {', '.join(f'{a:+.2f}' for a in acc)}); gzip bytes {statistics.mean(gz):+,.0f} "
-              f"+- {sd(gz):,.0f} (per seed {', '.join(f'{g:+,}' for g in gz)})")
+        (acc_mean, acc_std), (gz_mean, gz_std) = mean_std(acc), mean_std(gz)
+        print(f"  {ours_label:<18} vs {peer_label:<10} test accuracy {acc_mean:+.2f} +- {acc_std:.2f} "
+              f"points (per seed {', '.join(f'{a:+.2f}' for a in acc)}); gzip bytes {gz_mean:+,.0f} "
+              f"+- {gz_std:,.0f} (per seed {', '.join(f'{g:+,}' for g in gz)})")
     write_results(ARGS.out, {"rows": rows, "summary": summary}, ARGS)
 
 

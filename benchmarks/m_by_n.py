@@ -14,7 +14,7 @@ interleaved rounds). Mean +- std over seeds.
 
 import statistics
 
-from _common import parser, pin_threads, write_results
+from _common import mean_std, parser, pin_threads, write_results
 
 
 def parse_args():
@@ -100,13 +100,11 @@ def main():
         summary[label] = {}
         for key, scale, unit in (("accuracy", 100, "%"), ("bytes", 1, " B"), ("gzip_bytes", 1, " B"),
                                  ("p50_ms", 1000, " us")):
-            values = [r[label][key] * scale for r in rows]
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            summary[label][key] = {"mean": statistics.mean(values), "std": std}
-            print(f"  {label:<18} {key:<11} {statistics.mean(values):10.2f} +- {std:.2f}{unit}")
-    diff = [100 * (r["2:4"]["accuracy"] - r["unstructured 50%"]["accuracy"]) for r in rows]
-    print(f"  2:4 minus unstructured, test accuracy: {statistics.mean(diff):+.2f} +- "
-          f"{statistics.stdev(diff) if len(diff) > 1 else 0.0:.2f} points (paired by seed)")
+            mean, std = mean_std([r[label][key] * scale for r in rows])
+            summary[label][key] = {"mean": mean, "std": std}
+            print(f"  {label:<18} {key:<11} {mean:10.2f} +- {std:.2f}{unit}")
+    mean, std = mean_std([100 * (r["2:4"]["accuracy"] - r["unstructured 50%"]["accuracy"]) for r in rows])
+    print(f"  2:4 minus unstructured, test accuracy: {mean:+.2f} +- {std:.2f} points (paired by seed)")
     write_results(ARGS.out, {"rows": rows, "summary": summary}, ARGS)
 
 

@@ -203,6 +203,19 @@ def clone_model(model, transform):
     return clone
 
 
+def wrap_layers(to_wrap, wrap):
+    """tfmot's layer forms: `wrap(layer)` for one layer (not a model), the
+    list of `wrap(layer)` for a list or tuple of layers; `None` for anything
+    else (a model, which the caller clones)."""
+    if isinstance(to_wrap, (list, tuple)) and all(
+        isinstance(x, keras.layers.Layer) and not isinstance(x, keras.Model) for x in to_wrap
+    ):
+        return [wrap(layer) for layer in to_wrap]
+    if isinstance(to_wrap, keras.layers.Layer) and not isinstance(to_wrap, keras.Model):
+        return wrap(to_wrap)
+    return None
+
+
 def strip_wrappers(model, wrapper_type, weights_of, api):
     """`model` with every `wrapper_type` layer replaced by a plain copy of the
     layer it wraps, whose weights are `weights_of(wrapper)` (its

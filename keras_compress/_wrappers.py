@@ -74,6 +74,16 @@ class Wrapper(keras.layers.Wrapper):
             self.add_loss(loss)
         return outputs, scope
 
+    def keep_state(self, mapping, scope):
+        """Writes back the state the wrapped layer updated inside
+        `call_layer(mapping, ...)` (moving statistics, RNN states): a
+        stateless scope records assignments instead of making them."""
+        given = {id(v): value for v, value in mapping}
+        for variable in self.layer.non_trainable_variables:
+            value = scope.get_current_value(variable)
+            if value is not None and value is not given.get(id(variable)):
+                variable.assign(value)
+
     def add_state(self, name, shape=(), dtype="float32", initializer="zeros", aggregation="mean"):
         """A non-trainable float32 (or `dtype`) variable of the wrapper that
         mixed precision leaves alone."""

@@ -93,3 +93,13 @@ def file_kernels(flatbuffer):
             raw = bytes(model.buffers[tensor.buffer].data)
             kernels.append(np.frombuffer(raw, dtypes[tensor.type]).reshape(list(tensor.shape)))
     return kernels
+
+
+def assert_same_ranges(one, two):
+    """QAT activation ranges `{name: (low, high)}` of two runs agree within
+    5% of each range, matched in model order (layers are numbered per
+    process, so names differ)."""
+    assert len(one) == len(two)
+    for (low1, high1), (low2, high2) in zip(one.values(), two.values()):
+        assert low2 == pytest.approx(low1, abs=0.05 * (high1 - low1))
+        assert high2 == pytest.approx(high1, abs=0.05 * (high1 - low1))

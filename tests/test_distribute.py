@@ -27,6 +27,8 @@ import sys
 
 import pytest
 
+from conftest import assert_same_ranges
+
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distribute_scenarios.py")
 
 pytestmark = pytest.mark.slow  # one subprocess trains every scenario twice (about 80 s)
@@ -74,11 +76,7 @@ def test_quantization_aware_training_under_mirrored_strategy(results):
     one, two = one_and_two(results, "qat")
     assert one["updates"] == two["updates"] == [64]
     assert two["accuracy"] == pytest.approx(one["accuracy"], abs=0.03)
-    # Layers are numbered per process, so ranges are matched in model order.
-    assert len(one["ranges"]) == len(two["ranges"])
-    for (low1, high1), (low2, high2) in zip(one["ranges"].values(), two["ranges"].values()):
-        assert low2 == pytest.approx(low1, abs=0.05 * (high1 - low1))
-        assert high2 == pytest.approx(high1, abs=0.05 * (high1 - low1))
+    assert_same_ranges(one["ranges"], two["ranges"])
 
 
 def test_activation_ranges_are_taken_over_the_global_batch(results):

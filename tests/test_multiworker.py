@@ -24,6 +24,8 @@ import sys
 
 import pytest
 
+from conftest import assert_same_ranges
+
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multiworker_scenarios.py")
 HAS_JAX = importlib.util.find_spec("jax") is not None
 
@@ -60,10 +62,7 @@ def check_parity(results, exact_steps=True):
     one, two = results["qat"]["one"], results["qat"]["two"]
     assert one["updates"] == two["updates"] == [64]
     assert two["accuracy"] == pytest.approx(one["accuracy"], abs=0.03)
-    assert len(one["ranges"]) == len(two["ranges"])
-    for (low1, high1), (low2, high2) in zip(one["ranges"].values(), two["ranges"].values()):
-        assert low2 == pytest.approx(low1, abs=0.05 * (high1 - low1))
-        assert high2 == pytest.approx(high1, abs=0.05 * (high1 - low1))
+    assert_same_ranges(one["ranges"], two["ranges"])
 
     one, two = results["distillation"]["one"], results["distillation"]["two"]
     for key in ("loss", "student_loss", "distillation_loss"):

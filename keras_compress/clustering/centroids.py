@@ -15,6 +15,9 @@ The four ways tfmot offers, by the same names:
 import math
 
 import numpy as np
+from keras import ops
+
+from keras_compress._clusters import assign_to_centroids
 
 LINEAR = "linear"
 KMEANS_PLUS_PLUS = "kmeans++"
@@ -104,12 +107,9 @@ def _kmeans_plus_plus(values, k, rng):
 
 
 def nearest(values, centroids):
-    """For each value, the index of its nearest centroid (numpy). A value
-    halfway between two centroids goes to the larger one, as in
-    `keras_compress._clusters.assign_to_centroids`."""
+    """For each value, the index of its nearest centroid, as a numpy array:
+    `keras_compress._clusters.assign_to_centroids`, the rule training uses
+    (a value halfway between two centroids goes to the larger one)."""
     values = np.asarray(values, dtype=np.float32)
     centroids = np.asarray(centroids, dtype=np.float32).ravel()
-    order = np.argsort(centroids, kind="stable")
-    ordered = centroids[order]
-    midpoints = (ordered[1:] + ordered[:-1]) / 2
-    return order[np.digitize(values, midpoints)].astype(np.int32)
+    return ops.convert_to_numpy(assign_to_centroids(ops.convert_to_tensor(values), ops.convert_to_tensor(centroids)))

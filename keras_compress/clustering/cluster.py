@@ -75,12 +75,9 @@ def cluster_weights(to_cluster, number_of_clusters, cluster_centroids_init=centr
                          f"implemented (one set of centroids per weight tensor), got {cluster_per_channel!r}.")
     options = dict(number_of_clusters=number_of_clusters, cluster_centroids_init=cluster_centroids_init,
                    preserve_sparsity=preserve_sparsity, seed=seed)
-    if isinstance(to_cluster, (list, tuple)) and all(
-        isinstance(x, keras.layers.Layer) and not isinstance(x, keras.Model) for x in to_cluster
-    ):
-        return [ClusterWeights(layer, **options) for layer in to_cluster]
-    if isinstance(to_cluster, keras.layers.Layer) and not isinstance(to_cluster, keras.Model):
-        return ClusterWeights(to_cluster, **options)
+    wrapped = _models.wrap_layers(to_cluster, lambda layer: ClusterWeights(layer, **options))
+    if wrapped is not None:
+        return wrapped
     _models.check_graph_model(to_cluster, "cluster_weights", _LAYER_API)
     _models.check_finite_weights(to_cluster, "cluster_weights")
     if not isinstance(preserve_sparsity, bool):

@@ -202,13 +202,7 @@ class ClusterWeights(Wrapper):
                 replaced[id(w)] = self._shared(ops.cast(c, "float32"), idx, m, w.dtype)
         mapping = [(v, replaced.get(id(v), v.value)) for v in self.layer.variables]
         outputs, scope = self.call_layer(mapping, inputs, *args, **kwargs)
-        # A stateless scope records assignments instead of making them: write
-        # back the state the layer updated (moving statistics, RNN states).
-        given = {id(v): value for v, value in mapping}
-        for variable in self.layer.non_trainable_variables:
-            value = scope.get_current_value(variable)
-            if value is not None and value is not given[id(variable)]:
-                variable.assign(value)
+        self.keep_state(mapping, scope)
         return outputs
 
     def get_config(self):

@@ -142,12 +142,9 @@ def prune_low_magnitude(
             "prune_low_magnitude: pruning_policy chooses layers within a model; it cannot apply to "
             f"{type(to_prune).__name__} {to_prune!r}. Pass the model, or wrap the layers you choose."
         )
-    if isinstance(to_prune, (list, tuple)) and all(
-        isinstance(x, keras.layers.Layer) and not isinstance(x, keras.Model) for x in to_prune
-    ):
-        return [PruneWrapper(layer, **options) for layer in to_prune]
-    if isinstance(to_prune, keras.layers.Layer) and not isinstance(to_prune, keras.Model):
-        return PruneWrapper(to_prune, **options)
+    wrapped = _models.wrap_layers(to_prune, lambda layer: PruneWrapper(layer, **options))
+    if wrapped is not None:
+        return wrapped
     _models.check_graph_model(to_prune, "prune_low_magnitude", _LAYER_API)
     _models.check_finite_weights(to_prune, "prune_low_magnitude")
     check_options("prune_low_magnitude", pruning_schedule, global_pruning, prune_bias)

@@ -82,10 +82,5 @@ class SparsityPreservingWrapper(Wrapper):
             for v in self.layer.variables
         ]
         outputs, scope = self.call_layer(mapping, inputs, *args, **kwargs)
-        # A stateless scope records assignments instead of making them: write
-        # back the state the layer updated (moving statistics, RNN states).
-        for variable in self.layer.non_trainable_variables:
-            value = scope.get_current_value(variable)
-            if value is not None and value is not originals[id(variable)]:
-                variable.assign(value)
+        self.keep_state(mapping, scope)
         return outputs

@@ -254,20 +254,21 @@ class QuantizeWrapper(Wrapper):
             name="cluster_centroids", shape=(self.clusters,), initializer="zeros", trainable=True, autocast=False
         )
         self.cluster_indices = self.add_state("cluster_indices", kernel.shape, dtype="int32", aggregation="none")
-        values = ops.convert_to_numpy(ops.cast(kernel, "float32"))
-        if np.unique(values).size <= self.clusters:
-            self.refresh_clusters()
-        # Else a fresh layer: its weights are set next (loading a file, or
-        # quantize_model, which then calls refresh_clusters).
+        # A fresh layer (more values than clusters) gets its weights next:
+        # loading a file, or quantize_model, which then calls refresh_clusters.
+        self.refresh_clusters(strict=False)
 
-    def refresh_clusters(self):
+    def refresh_clusters(self, strict=True):
         """Sets the centroids and each entry's centroid from the kernel's
         current values (at most `clusters` distinct ones). Call it after
-        assigning a clustered kernel by hand."""
+        assigning a clustered kernel by hand. With more values it raises, or
+        with `strict=False` leaves the clusters as they are."""
         kernel = self.kernel_variable
         values = ops.convert_to_numpy(ops.cast(kernel, "float32"))
         distinct, indices = np.unique(values, return_inverse=True)
         if distinct.size > self.clusters:
+            if not strict:
+                return
             raise ValueError(
                 f"QuantizeWrapper '{self.name}': the kernel of layer '{self.layer.name}' has {distinct.size} "
                 f"distinct values, more than clusters={self.clusters}."
