@@ -2,6 +2,8 @@
 strip, sparsity-preserving clustering and cluster-preserving QAT, checked in
 Keras and in the int8 file."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -311,3 +313,15 @@ def test_per_tensor_ptq_keeps_a_clustered_kernels_values_and_per_channel_spreads
 def test_per_channel_argument_is_checked(kwargs):
     with pytest.raises((TypeError, ValueError), match="per_channel"):
         to_tflite(small_cnn(), **kwargs)
+
+
+def test_per_channel_ptq_of_a_clustered_model_says_so_and_a_pruned_one_does_not():
+    x, y = toy_data(96)
+    stripped = strip_clustering(cluster_weights(small_cnn(), 6, "linear"))
+    with pytest.warns(UserWarning, match=r"'dense_a' \(6 values\).*per_channel=False"):
+        to_tflite(stripped, quantization="int8", representative_data=x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        to_tflite(stripped, quantization="int8", representative_data=x, per_channel=False)
+        # Pruned, not clustered: its non-zero weights are all different.
+        to_tflite(pruned_small_cnn(x, y), quantization="int8", representative_data=x)

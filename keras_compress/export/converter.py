@@ -10,7 +10,13 @@ import keras
 import numpy as np
 
 from keras_compress._backend import check_backend
-from keras_compress._models import check_finite_weights, masked_attention, walk_layers
+from keras_compress._models import (
+    check_finite_weights,
+    kernel_attributes,
+    masked_attention,
+    ruled_sublayers,
+    walk_layers,
+)
 from keras_compress.export import backend_bridge, conversion, isolation
 from keras_compress.export.converter_output import captured_converter_output
 from keras_compress.export.calibration import calibration_samples
@@ -247,6 +253,8 @@ def to_tflite(
     inputs, pack = model_inputs(model, input_signature)
     _check_int16x8_inputs(model, inputs, quantization)
     check_finite_weights(model, "to_tflite")
+    if per_channel and quantization in ("dynamic", *CALIBRATED_MODES) and not _is_quantization_aware(model):
+        _warn_shared_values(model)
     if keras.backend.backend() != "tensorflow":
         flatbuffer = _to_tflite_on_tensorflow(
             model, inputs, representative_data, input_signature,
@@ -345,6 +353,34 @@ def _check_arguments(model, output, quantization, calibration_steps, int8_io, sp
         raise TypeError(f"to_tflite: strict must be True or False, got {strict!r}.")
     if isolate not in isolation.ISOLATE_MODES or isinstance(isolate, int) and not isinstance(isolate, bool):
         raise ValueError(f"to_tflite: isolate must be 'auto', True or False, got {isolate!r}.")
+
+
+# A kernel counts as clustered (weight sharing) when its non-zero values are
+# at most this many and each is shared by two weights on average.
+_MAX_SHARED_VALUES = 256
+
+
+def _warn_shared_values(model):
+    """Warns, naming the layers, when kernels hold few shared values (a
+    clustered model): per-channel int8 scales turn each channel's copy of a
+    value into a different int8 value, which `per_channel=False` avoids."""
+    found = []
+    for layer in walk_layers(model):
+        for sub in ruled_sublayers(layer, lambda l: kernel_attributes(l) is not None):
+            for attribute in kernel_attributes(sub):
+                values = np.asarray(getattr(sub, attribute))
+                nonzero = values[values != 0]
+                distinct = len(np.unique(nonzero))
+                if len(values.shape) >= 2 and 0 < distinct <= _MAX_SHARED_VALUES and 2 * distinct <= nonzero.size:
+                    found.append(f"'{layer.name}' ({distinct} values)")
+    if found:
+        warnings.warn(
+            f"to_tflite: the kernels of {', '.join(found)} of model '{model.name}' hold few shared values "
+            "(clustered weights). Per-channel int8 scales give each output channel its own int8 copy of a "
+            "value, so the file keeps more distinct values and compresses less; per_channel=False quantizes "
+            "each kernel with one scale and keeps them.",
+            stacklevel=3,
+        )
 
 
 def _resolve_quantization(model, quantization):
