@@ -313,6 +313,38 @@ def test_quantize_model_keeps_pruned_zeros_through_training_and_export():
     assert len(weights) == 1 and np.mean(weights[0] == 0) >= 0.79
 
 
+def test_each_pruning_wrapper_comes_off_once_and_its_layer_is_kept_for_the_rewrite(monkeypatch):
+    # The rewrite keys its copies by the id of the layer a wrapper stands
+    # for. A stripped layer freed between visits let the next wrapper's
+    # layer reuse its id and get its copy: CI once built a model calling the
+    # 800x64 Dense's wrapper on the 64-wide output of the first Dense.
+    from keras_compress import _models
+
+    stripped = []
+    unwrap = _models.unwrap_layer
+
+    def recording(layer):
+        new = unwrap(layer)
+        if new is not layer:
+            stripped.append((layer.name, new))
+        return new
+
+    monkeypatch.setattr(_models, "unwrap_layer", recording)
+    inputs = keras.Input((8,))
+    x = keras.layers.Dense(8, name="a")(inputs)
+    x = keras.layers.Dense(6, name="b")(x)
+    outputs = keras.layers.Dense(4, name="c")(x)
+    pruned = pruning.prune_low_magnitude(keras.Model(inputs, outputs), pruning.ConstantSparsity(0.5, 0))
+    qat = quantize_model(pruned)
+    assert sorted(name for name, _ in stripped) == [
+        "prune_low_magnitude_a", "prune_low_magnitude_b", "prune_low_magnitude_c"
+    ]
+    kernels = [tuple(l.layer.kernel.shape) for l in qat.layers if isinstance(l, QuantizeWrapper)]
+    assert kernels == [(8, 8), (8, 6), (6, 4)]
+    x = np.random.default_rng(0).normal(size=(3, 8)).astype("float32")
+    assert qat(x).shape == (3, 4)
+
+
 def test_layers_without_an_int8_rule_stay_float_with_a_warning_naming_the_reason():
     inputs = keras.Input((8,))
     x = L.Dense(6, name="d1")(inputs)

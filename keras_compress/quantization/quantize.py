@@ -390,6 +390,7 @@ class _Quantizer:
         # `_pooled_after`).
         self.pooled = {}
         self.copies = {}  # id(old layer) -> new layer, so shared layers stay shared
+        self.unwrapped = {}  # id(op) -> (op, the layer it stands for, selected)
         self.fills = []  # set weights once the new model is built
         self.left_float = {}  # layer name -> "'name' (Type): reason"
         self.names = set()
@@ -454,12 +455,17 @@ class _Quantizer:
 
     def _unwrap(self, op):
         """(the layer or op to rebuild, whether it is selected for quantization)."""
-        selected = self.selected(op)
-        if isinstance(op, QuantizeAnnotate):
-            op = op.layer
-        # A pruning wrapper comes off with its masks baked into the weights
-        # (the technique registered how in `_models.register_unwrap`).
-        return _models.unwrap_layer(op), selected
+        # Once per op: a pruning or clustering wrapper comes off as a new
+        # layer (its masks or centroids baked into the weights, as the
+        # technique registered in `_models.register_unwrap`), and
+        # `self.copies` is keyed by that layer's id, so the layer must stay
+        # alive and be the same at every visit (a freed one's id can be
+        # reused by the next wrapper's layer, which would then get its copy).
+        if id(op) not in self.unwrapped:
+            selected = self.selected(op)
+            layer = op.layer if isinstance(op, QuantizeAnnotate) else op
+            self.unwrapped[id(op)] = (op, _models.unwrap_layer(layer), selected)
+        return self.unwrapped[id(op)][1:]
 
     def _plan_folding(self, model, consumers):
         """Finds Conv/Dense -> BatchNormalization -> ReLU chains to fuse.
