@@ -18,6 +18,11 @@ held-out images, bytes, gzip -9 bytes, distinct int8 values per kernel.
 Mean +- std over seeds, and the paired difference keras-compress - tfmot.
 
     python benchmarks/clustering.py [--seeds 3] [--epochs 2] [--cluster-epochs 2] [--qat-epochs 1]
+        [--init linear] [--per-channel]
+
+`--per-channel` clusters each Conv2D filter on its own (`cluster_per_channel=True`, both sides; the
+Dense kernels keep one set per tensor, as in tfmot); the distinct-values column then counts the
+largest number of int8 values in one output channel.
 """
 
 from _common import mean_std, parser, pin_threads, write_results
@@ -32,6 +37,8 @@ def parse_args():
     p.add_argument("--clusters", type=int, default=16)
     p.add_argument("--init", default="kmeans++", choices=("kmeans++", "linear", "density-based", "random"),
                    help="centroid initialization, both sides")
+    p.add_argument("--per-channel", action="store_true",
+                   help="cluster_per_channel=True, both sides: each Conv2D filter its own centroids")
     p.add_argument("--train", type=int, default=7000, help="training images (from the first 8,000)")
     p.add_argument("--save-files", default=None, help="also write every .tflite into this folder")
     return p.parse_args()
@@ -41,6 +48,7 @@ ARGS = parse_args()
 pin_threads(ARGS.threads)
 
 import gzip  # noqa: E402
+import warnings  # noqa: E402
 import os  # noqa: E402
 import tempfile  # noqa: E402
 
@@ -70,7 +78,11 @@ def kernel_distinct_values(flatbuffer):
             tensor = graph.tensors[op.inputs[1]]
             raw = model.buffers[tensor.buffer].data
             dtype = np.int8 if tensor.type == schema.TensorType.INT8 else np.float32
-            counts.append(len(np.unique(np.frombuffer(bytes(raw), dtype))))
+            values = np.frombuffer(bytes(raw), dtype).reshape(tuple(tensor.shape))
+            if ARGS.per_channel:  # the most values one output channel (axis 0 in TFLite) holds
+                counts.append(max(len(np.unique(channel)) for channel in values))
+            else:
+                counts.append(len(np.unique(values)))
     return counts
 
 
@@ -93,7 +105,10 @@ def measure(flatbuffer, xs, ys):
 
 def ours(base, x, y, seed):
     keras.utils.set_random_seed(seed)
-    clustered = kc.clustering.cluster_weights(_copy(base), ARGS.clusters, ARGS.init, seed=seed)
+    with warnings.catch_warnings():  # --per-channel: the Dense layers keep one set per tensor (as tfmot's)
+        warnings.simplefilter("ignore")
+        clustered = kc.clustering.cluster_weights(_copy(base), ARGS.clusters, ARGS.init, seed=seed,
+                                                  cluster_per_channel=ARGS.per_channel)
     examples.compile_classifier(clustered)
     clustered.fit(x, y, batch_size=32, epochs=ARGS.cluster_epochs, verbose=0)
     stripped = kc.clustering.strip_clustering(clustered)
@@ -122,7 +137,7 @@ def main():
             np.savez(weights, **{f"w{i}": w for i, w in enumerate(base.get_weights())})
             peer = run_peer("tfmot_clustering_peer.py", ((x, y), (xs, ys)), [
                 "--weights", weights, "--out", tmp, "--clusters", ARGS.clusters, "--init", ARGS.init, "--epochs", ARGS.cluster_epochs,
-                "--qat-epochs", ARGS.qat_epochs, "--seed", seed])
+                "--qat-epochs", ARGS.qat_epochs, "--seed", seed, *(["--per-channel"] if ARGS.per_channel else [])])
             print(f"  tfmot clustered kernels: entropy bits per weight {[round(b, 2) for b in peer['entropy_bits']]}")
             for key, label in (("ptq", "tfmot PTQ"), ("cqat", "tfmot CQAT")):
                 with open(os.path.join(tmp, peer["files"][key]), "rb") as f:

@@ -36,6 +36,7 @@ def parse_args(argv=None):
     parser.add_argument("--qat-epochs", type=int, default=1, help="cluster-preserving QAT epochs")
     parser.add_argument("--calibration", type=int, default=200, help="PTQ calibration images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-channel", action="store_true", help="cluster_per_channel=True")
     return parser.parse_args(argv)
 
 
@@ -56,7 +57,7 @@ def run(args):
     cluster = tfmot.clustering.keras
     log(f"clustering: {args.clusters} clusters, {args.init} centroids, {args.epochs} epochs")
     clustered = compile_model(cluster.cluster_weights(
-        base, number_of_clusters=args.clusters,
+        base, number_of_clusters=args.clusters, cluster_per_channel=args.per_channel,
         cluster_centroids_init=getattr(cluster.CentroidInitialization, INITS[args.init])))
     clustered.fit(x, y, batch_size=32, epochs=args.epochs, verbose=0)
     stripped = cluster.strip_clustering(clustered)

@@ -153,6 +153,20 @@ def _named_inputs(model):
     )
 
 
+def _inputs_like(model, args):
+    """New Inputs for a nested Functional `model`, named like its own and
+    shaped like the tensors `args` it is now called with (a layer before it
+    may have been narrowed), in the structure of `model.input`."""
+    old = keras.tree.flatten(model.input)
+    given = keras.tree.flatten(args[0] if len(args) == 1 else args)
+    if len(given) != len(old) or not all(isinstance(t, keras.KerasTensor) for t in given):
+        given = old  # called some other way: keep its own shapes
+    return keras.tree.pack_sequence_as(model.input, [
+        keras.Input(batch_shape=t.shape, dtype=o.dtype, sparse=o.sparse, name=o._keras_history.operation.name)
+        for o, t in zip(old, given)
+    ])
+
+
 def clone_model(model, transform):
     """Clones a Sequential or Functional model (nested ones too), copying weights.
 
@@ -174,15 +188,17 @@ def clone_model(model, transform):
     def clone_function(layer):
         if not isinstance(layer, keras.layers.Layer):
             return layer
+        if isinstance(layer, Functional) and not isinstance(layer, keras.Sequential):
+            # Rebuilt by `call_function` at its call, on Inputs shaped like
+            # the (maybe narrowed) tensors it is called with.
+            return layer
         if id(layer) in cache:  # a layer shared across nested models stays shared
             return cache[id(layer)]
         if isinstance(layer, keras.Sequential):
             # A nested Sequential is rebuilt without its Input, so that it
             # takes the width its (maybe narrowed) input now has.
-            new = keras.Sequential([clone_function(l) for l in layer.layers], name=layer.name,
+            new = keras.Sequential([in_sequential(l) for l in layer.layers], name=layer.name,
                                    trainable=layer.trainable)
-        elif isinstance(layer, Functional):
-            new = keras.models.clone_model(layer, clone_function=clone_function)
         else:
             replaced = transform(layer)
             if replaced is None:
@@ -193,11 +209,32 @@ def clone_model(model, transform):
         cache[id(layer)] = new
         return new
 
-    clone = keras.models.clone_model(
-        model,
-        input_tensors=_named_inputs(model),
-        clone_function=clone_function,
-    )
+    def call_function(layer, *args, **kwargs):
+        if isinstance(layer, Functional) and not isinstance(layer, keras.Sequential):
+            if id(layer) not in cache:
+                cache[id(layer)] = keras.models.clone_model(
+                    layer, input_tensors=_inputs_like(layer, args), clone_function=clone_function,
+                    call_function=call_function,
+                )
+            layer = cache[id(layer)]
+        return layer(*args, **kwargs)
+
+    def in_sequential(layer):
+        # A Sequential lists its layers uncalled: a Functional among them is
+        # cloned at once, with its own Input shapes.
+        if isinstance(layer, Functional) and not isinstance(layer, keras.Sequential):
+            if id(layer) not in cache:
+                cache[id(layer)] = keras.models.clone_model(layer, clone_function=clone_function,
+                                                            call_function=call_function)
+            return cache[id(layer)]
+        return clone_function(layer)
+
+    if isinstance(model, keras.Sequential):
+        clone = keras.models.clone_model(model, clone_function=in_sequential)
+    else:
+        clone = keras.models.clone_model(
+            model, input_tensors=_named_inputs(model), clone_function=clone_function, call_function=call_function
+        )
     for new, fill in pending:
         fill(new)
     return clone

@@ -78,6 +78,25 @@ def test_keras_assignment_equals_the_numpy_one():
     np.testing.assert_array_equal(got, brute)
 
 
+def test_per_channel_assignment_by_hand_and_by_brute_force():
+    # Two channels (the last axis), each with its own centroids, unsorted.
+    centroids = np.array([[2.0, 0.0], [1.0, 3.0]], "float32")
+    weight = np.array([[1.0, 2.0], [0.4, 2.5], [5.0, -1.0]], "float32")
+    # Channel 0: 1.0 is a tie between 0 and 2 (the larger: index 0), 0.4 -> 0.0
+    # (index 1), 5.0 -> 2.0. Channel 1: 2.0 a tie (3.0, index 1), 2.5 -> 3.0, -1 -> 1.0.
+    np.testing.assert_array_equal(nearest(weight, centroids), [[0, 1], [1, 1], [0, 0]])
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal((3, 3, 4, 6)).astype("float32")
+    centroids = rng.standard_normal((6, 5)).astype("float32")
+    got = nearest(weight, centroids)
+    brute = np.stack([np.argmin(np.abs(weight[..., c, None] - centroids[c]), axis=-1) for c in range(6)], -1)
+    np.testing.assert_array_equal(got, brute)
+    from keras_compress._clusters import lookup
+
+    shared = value(lookup(keras.ops.convert_to_tensor(centroids), keras.ops.convert_to_tensor(got)))
+    np.testing.assert_array_equal(shared, np.stack([centroids[c][got[..., c]] for c in range(6)], -1))
+
+
 # -- the wrapper ------------------------------------------------------------------
 
 def dense_model(units=6, inputs=8):
@@ -154,6 +173,79 @@ def test_config_round_trip():
     assert again.get_config() == wrapper.get_config()
 
 
+@pytest.mark.tf_only  # tf.GradientTape
+def test_per_channel_centroid_gradient_is_the_sum_of_its_channels_members():
+    import tensorflow as tf
+
+    layer = keras.layers.Conv2D(2, 1, use_bias=False)
+    layer.build((None, 1, 1, 3))
+    layer.kernel.assign(np.array([[0.1, 0.9], [0.12, 1.0], [0.95, 0.11]], "float32").reshape(1, 1, 3, 2))
+    wrapper = ClusterWeights(layer, 2, "linear", cluster_per_channel=True)
+    wrapper.build((None, 1, 1, 3))
+    centroids = value(wrapper.cluster_centroids[0])
+    # Each filter's own linear spread: filter 0 holds 0.1, 0.12, 0.95; filter 1 holds 0.9, 1.0, 0.11.
+    np.testing.assert_allclose(centroids, [[0.1, 0.95], [0.11, 1.0]], rtol=1e-6)
+    x = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]], "float32").reshape(2, 1, 1, 3)
+    with tf.GradientTape() as tape:
+        loss = keras.ops.sum(wrapper(x, training=True))
+    grads = tape.gradient(loss, wrapper.cluster_centroids[0])
+    per_weight = x.reshape(2, 3).sum(axis=0)  # d loss / d W_i,o = sum_b x_bi, for both filters
+    members = value(wrapper.pulling_indices[0]).reshape(3, 2)
+    expected = [[per_weight[members[:, o] == c].sum() for c in range(2)] for o in range(2)]
+    np.testing.assert_allclose(value(grads), expected, rtol=1e-6)
+
+
+def test_per_channel_clustering_keeps_k_values_per_filter_through_strip_file_and_cqat(tmp_path):
+    x, y = toy_data(96)
+    with pytest.warns(UserWarning, match=r"applies to Conv2D kernels; 2 layer\(s\) keep one set.*'dense_a' \(Dense\)"):
+        clustered = cluster_weights(small_cnn(), 4, "kmeans++", seed=0, cluster_per_channel=True)
+    compile_for_test(clustered)
+    shapes = {l.name: tuple(l.cluster_centroids[0].shape) for l in clustered.layers if isinstance(l, ClusterWeights)}
+    assert shapes == {"cluster_conv_a": (4, 4), "cluster_conv_b": (8, 4), "cluster_dense_a": (4,),
+                      "cluster_logits": (4,)}
+    clustered.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    stripped = strip_clustering(clustered)
+    np.testing.assert_allclose(stripped.predict(x, verbose=0), clustered.predict(x, verbose=0), atol=1e-5)
+    for name in ("conv_a", "conv_b"):
+        kernel = value(stripped.get_layer(name).kernel)
+        assert max(len(np.unique(kernel[..., c])) for c in range(kernel.shape[-1])) <= 4
+        assert len(np.unique(kernel)) > 4  # each filter its own values
+    path = str(tmp_path / "per_channel.keras")
+    clustered.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), clustered.predict(x, verbose=0), atol=1e-6)
+    assert loaded.get_layer("cluster_conv_b").cluster_per_channel is True
+    # Per-channel int8 (the default) keeps each filter's 4 values as 4 int8
+    # values, and to_tflite does not warn about the per-channel kernels.
+    with pytest.warns(UserWarning, match="hold few shared values") as caught:
+        conv_a, conv_b, _, _ = file_kernels(to_tflite(stripped, quantization="int8", representative_data=x))
+    assert "conv_b" not in str(caught[0].message) and "conv_a" not in str(caught[0].message)
+    for kernel in (conv_a, conv_b):  # TFLite layout: filters first
+        assert max(len(np.unique(k)) for k in kernel) <= 4
+    # Cluster-preserving QAT finds the per-filter clusters and keeps them.
+    qat = compile_for_test(quantize_model(stripped, preserve_clusters=True))
+    wrappers = {w.layer.name: w for w in qat.layers if isinstance(w, QuantizeWrapper)}
+    assert [(w.clusters, w.cluster_per_channel) for w in wrappers.values()] == [(4, True), (4, True), (4, False),
+                                                                               (4, False)]
+    np.testing.assert_array_equal(value(wrappers["conv_b"].clustered_kernel()), value(stripped.get_layer("conv_b").kernel))
+    qat.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    kernels = file_kernels(to_tflite(qat, quantization="int8"))
+    for kernel in kernels[:2]:
+        assert kernel.dtype == np.int8 and max(len(np.unique(k)) for k in kernel) <= 4
+    assert all(len(np.unique(k)) <= 4 for k in kernels[2:])
+    config = wrappers["conv_b"].get_config()
+    assert QuantizeWrapper.from_config(config).get_config() == config
+
+
+def test_per_channel_quantize_wrapper_needs_clusters_and_a_conv2d():
+    with pytest.raises(ValueError, match="cluster_per_channel=True needs clusters= .* on a Dense"):
+        QuantizeWrapper(keras.layers.Dense(3, name="d"), clusters=4, cluster_per_channel=True)
+    with pytest.raises(ValueError, match="cluster_per_channel=True needs clusters="):
+        QuantizeWrapper(keras.layers.Conv2D(3, 3), cluster_per_channel=True)
+    with pytest.raises(TypeError, match="cluster_per_channel must be a bool"):
+        QuantizeWrapper(keras.layers.Conv2D(3, 3), clusters=4, cluster_per_channel=1)
+
+
 def pruned_small_cnn(x, y):
     pruned = compile_for_test(prune_low_magnitude(small_cnn(), ConstantSparsity(0.5, begin_step=0)))
     pruned.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[UpdatePruningStep()])
@@ -211,7 +303,10 @@ def test_clustering_params_dict_and_layer_forms():
     ({"number_of_clusters": 2.5}, "number_of_clusters must be an integer >= 2"),
     ({"number_of_clusters": True}, "number_of_clusters must be an integer >= 2"),
     ({"number_of_clusters": 4, "cluster_centroids_init": "kmeans"}, "cluster_centroids_init must be one of"),
-    ({"number_of_clusters": 4, "cluster_per_channel": True}, "cluster_per_channel must be False"),
+    ({"number_of_clusters": 4, "cluster_per_channel": "yes"}, "cluster_per_channel must be True or False"),
+    # conv_a per channel: 3 x 3 x 1 = 9 weights per filter.
+    ({"number_of_clusters": 10, "cluster_per_channel": True},
+     "layer 'conv_a' (Conv2D) has weight 'kernel' of 9 values per output channel (cluster_per_channel=True)"),
     ({"number_of_clusters": 4, "layers": ["nope"]}, "layers names 'nope'"),
     ({"number_of_clusters": 4, "layers": [keras.layers.Flatten]}, "no clustering rule"),
     ({"number_of_clusters": 4, "preserve_sparsity": "yes"}, "preserve_sparsity must be True or False"),

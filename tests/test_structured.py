@@ -287,6 +287,38 @@ def test_nested_sequential_takes_the_narrowed_width_of_its_input():
     np.testing.assert_allclose(value(small(x)), value(model(x)), atol=1e-5)
 
 
+def test_nested_functional_models_take_the_narrowed_width_of_their_input():
+    # An autoencoder composed of two Functional models: the encoder's latent
+    # units feed the decoder's Input (8 wide), which must follow them. A
+    # shared Functional tower (called twice) stays one shared model.
+    keras.backend.clear_session()
+    code = keras.Input((6,), name="pixels")
+    encoder = keras.Model(code, L.Dense(8, activation="relu", name="latent")(code), name="encoder")
+    latent = keras.Input((8,), name="code")
+    decoder = keras.Model(latent, L.Dense(6, name="recon")(L.Dense(5, activation="relu", name="dec_1")(latent)),
+                          name="decoder")
+    inputs = keras.Input((6,), name="x")
+    model = keras.Model(inputs, decoder(encoder(inputs)), name="autoencoder")
+    kernel, bias = model.get_layer("encoder").get_layer("latent").get_weights()
+    kernel[:, [1, 4, 6]], bias[[1, 4, 6]] = 0, 0  # dead latent units: removing them changes nothing
+    model.get_layer("encoder").get_layer("latent").set_weights([kernel, bias])
+    small = shrink(model, {"latent": 3 / 8})
+    assert small.get_layer("encoder").get_layer("latent").kernel.shape == (6, 5)
+    assert small.get_layer("decoder").get_layer("dec_1").kernel.shape == (5, 5)
+    assert tuple(small.get_layer("decoder").input.shape) == (None, 5)
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
+    np.testing.assert_allclose(value(small(x)), value(model(x)), atol=1e-5)
+
+    tower_in = keras.Input((6,))
+    tower = keras.Model(tower_in, L.Dense(8, activation="relu", name="tower_dense")(tower_in), name="tower")
+    a, b = keras.Input((6,), name="a"), keras.Input((6,), name="b")
+    siamese = keras.Model([a, b], L.Dense(2, name="out")(L.Concatenate(name="join")([tower(a), tower(b)])))
+    small = shrink(siamese, {"tower_dense": 0.5})
+    assert [l.name for l in small.layers if isinstance(l, keras.Model)] == ["tower"]
+    assert small.get_layer("out").kernel.shape == (8, 2)
+    assert small([x, x]).shape == (5, 2)
+
+
 def test_depthwise_multiplier_and_shared_layer():
     keras.backend.clear_session()
     inputs = keras.Input((6, 6, 2))

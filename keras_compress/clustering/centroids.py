@@ -109,7 +109,10 @@ def _kmeans_plus_plus(values, k, rng):
 def nearest(values, centroids):
     """For each value, the index of its nearest centroid, as a numpy array:
     `keras_compress._clusters.assign_to_centroids`, the rule training uses
-    (a value halfway between two centroids goes to the larger one)."""
+    (a value halfway between two centroids goes to the larger one). With
+    `(channels, k)` centroids, each channel of the last axis uses its own."""
     values = np.asarray(values, dtype=np.float32)
-    centroids = np.asarray(centroids, dtype=np.float32).ravel()
+    centroids = np.asarray(centroids, dtype=np.float32)
+    if centroids.ndim != 2:
+        centroids = centroids.ravel()
     return ops.convert_to_numpy(assign_to_centroids(ops.convert_to_tensor(values), ops.convert_to_tensor(centroids)))

@@ -17,6 +17,7 @@ from keras_compress.clustering.wrapper import (
     check_weight_size,
     clusterable_weights,
     describe,
+    per_channel_kernels,
     why_not_clusterable,
 )
 
@@ -52,8 +53,13 @@ def cluster_weights(to_cluster, number_of_clusters, cluster_centroids_init=centr
             clusterable layer), a name, a class, a list of names and
             classes, or a predicate `fn(layer) -> bool`.
         seed: seed of the random initializations (`"kmeans++"`, `"random"`).
-        cluster_per_channel: accepted for tfmot's `clustering_params` dicts;
-            only `False` (one set of centroids per tensor) is implemented.
+        cluster_per_channel: `True` gives each output channel (filter) of a
+            Conv2D kernel its own `number_of_clusters` centroids (tfmot's
+            option, for the same layers). Other clustered weights keep one
+            set per tensor; the layers that have no Conv2D kernel are named
+            in a warning. Keep `to_tflite`'s per-channel int8 (its default)
+            for such a model: each channel then keeps at most
+            `number_of_clusters` int8 values. Default False.
 
     Returns:
         The model with `ClusterWeights` layers (a clone), or the wrapper(s).
@@ -70,11 +76,10 @@ def cluster_weights(to_cluster, number_of_clusters, cluster_centroids_init=centr
     check_backend("cluster_weights")
     number_of_clusters = check_number_of_clusters("cluster_weights", number_of_clusters)
     cluster_centroids_init = centroids_lib.check_method("cluster_weights", cluster_centroids_init)
-    if cluster_per_channel is not False:
-        raise ValueError("cluster_weights: cluster_per_channel must be False; per-channel centroids are not "
-                         f"implemented (one set of centroids per weight tensor), got {cluster_per_channel!r}.")
+    if not isinstance(cluster_per_channel, bool):
+        raise TypeError(f"cluster_weights: cluster_per_channel must be True or False, got {cluster_per_channel!r}.")
     options = dict(number_of_clusters=number_of_clusters, cluster_centroids_init=cluster_centroids_init,
-                   preserve_sparsity=preserve_sparsity, seed=seed)
+                   preserve_sparsity=preserve_sparsity, seed=seed, cluster_per_channel=cluster_per_channel)
     wrapped = _models.wrap_layers(to_cluster, lambda layer: ClusterWeights(layer, **options))
     if wrapped is not None:
         return wrapped
@@ -84,7 +89,14 @@ def cluster_weights(to_cluster, number_of_clusters, cluster_centroids_init=centr
         raise TypeError(f"cluster_weights: preserve_sparsity must be True or False, got {preserve_sparsity!r}.")
     selected = _select_layers(to_cluster, layers)
     for layer in selected:
-        check_weight_size("cluster_weights", layer, clusterable_weights(layer), number_of_clusters)
+        check_weight_size("cluster_weights", layer, clusterable_weights(layer), number_of_clusters,
+                          cluster_per_channel)
+    if cluster_per_channel:
+        per_tensor = [describe(layer) for layer in selected if not per_channel_kernels(layer)]
+        if per_tensor:
+            warnings.warn(f"cluster_weights: cluster_per_channel=True applies to Conv2D kernels; "
+                          f"{len(per_tensor)} layer(s) keep one set of centroids per weight tensor: "
+                          f"{', '.join(per_tensor)}.", stacklevel=2)
     chosen = {id(layer) for layer in selected}
 
     def transform(layer):

@@ -7,7 +7,7 @@ from keras import layers as L
 from keras import ops
 
 from keras_compress import _models
-from keras_compress._clusters import shared_values
+from keras_compress._clusters import lookup, shared_values
 from keras_compress._wrappers import Wrapper
 from keras_compress.clustering import centroids as centroids_lib
 
@@ -42,6 +42,14 @@ def clusterable_weights(layer):
     return weights
 
 
+def per_channel_kernels(layer):
+    """The variables of a built `layer` that `cluster_per_channel=True`
+    clusters per output channel: the kernels of its Conv2D (sub)layers (the
+    int8 converter scales a Conv2D kernel per output channel, so each channel
+    keeps its own values there)."""
+    return [sub.kernel for sub in clusterable_sublayers(layer) if isinstance(sub, L.Conv2D)]
+
+
 def describe(layer):
     return f"'{layer.name}' ({type(layer).__name__})"
 
@@ -70,13 +78,18 @@ def check_number_of_clusters(where, number_of_clusters):
     return int(number_of_clusters)
 
 
-def check_weight_size(where, layer, weights, number_of_clusters):
-    """Raises when a weight of `layer` has fewer entries than clusters."""
+def check_weight_size(where, layer, weights, number_of_clusters, per_channel=False):
+    """Raises when a weight of `layer` has fewer entries than clusters (with
+    `per_channel`, when an output channel of a Conv2D kernel has)."""
+    per_channel = {id(w) for w in per_channel_kernels(layer)} if per_channel else set()
     for w in weights:
         size = int(np.prod(w.shape))
+        what = "values"
+        if id(w) in per_channel:
+            size, what = size // int(w.shape[-1]), "values per output channel (cluster_per_channel=True)"
         if size < number_of_clusters:
             raise ValueError(
-                f"{where}: layer {describe(layer)} has weight '{w.name}' of {size} values, fewer than "
+                f"{where}: layer {describe(layer)} has weight '{w.name}' of {size} {what}, fewer than "
                 f"number_of_clusters={number_of_clusters}; give at most {size} clusters, or leave the "
                 "layer out (layers=)."
             )
@@ -113,6 +126,12 @@ class ClusterWeights(Wrapper):
             `number_of_clusters - 1` centroids share the non-zero weights, so
             zero is one of the `number_of_clusters` values. Default False.
         seed: seed of the random initializations.
+        cluster_per_channel: `True` gives each output channel (filter) of a
+            Conv2D kernel its own `number_of_clusters` centroids, as tfmot's
+            option does (other weights keep one set per tensor). Per-channel
+            int8 (`to_tflite`'s default, and quantization-aware training of
+            a Conv2D) then keeps at most `number_of_clusters` int8 values per
+            channel. Default False.
         **kwargs: base layer arguments (`name`...). The default name is
             `"cluster_" + layer.name`.
     """
@@ -120,22 +139,25 @@ class ClusterWeights(Wrapper):
     name_prefix = "cluster_"
 
     def __init__(self, layer, number_of_clusters, cluster_centroids_init=centroids_lib.KMEANS_PLUS_PLUS,
-                 preserve_sparsity=False, seed=None, **kwargs):
+                 preserve_sparsity=False, seed=None, cluster_per_channel=False, **kwargs):
         self.expect_layer(layer, why_not_clusterable)
         where = f"ClusterWeights '{layer.name}'"
         number_of_clusters = check_number_of_clusters(where, number_of_clusters)
         cluster_centroids_init = centroids_lib.check_method(where, cluster_centroids_init)
         if not isinstance(preserve_sparsity, bool):
             raise TypeError(f"{where}: preserve_sparsity must be True or False, got {preserve_sparsity!r}.")
+        if not isinstance(cluster_per_channel, bool):
+            raise TypeError(f"{where}: cluster_per_channel must be True or False, got {cluster_per_channel!r}.")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"{where}: seed must be an int or None, got {seed!r}.")
         if layer.built:
-            check_weight_size(where, layer, clusterable_weights(layer), number_of_clusters)
+            check_weight_size(where, layer, clusterable_weights(layer), number_of_clusters, cluster_per_channel)
         super().__init__(layer, **kwargs)
         self.number_of_clusters = number_of_clusters
         self.cluster_centroids_init = cluster_centroids_init
         self.preserve_sparsity = preserve_sparsity
         self.seed = seed
+        self.cluster_per_channel = cluster_per_channel
 
     def build(self, input_shape=None):
         super().build(input_shape)
@@ -143,17 +165,23 @@ class ClusterWeights(Wrapper):
         if not self._clustered:
             raise ValueError(f"ClusterWeights '{self.name}': layer {describe(self.layer)} has no clusterable "
                              f"weights once built. Clusterable types: {SUPPORTED_LAYER_NAMES}.")
-        check_weight_size(f"ClusterWeights '{self.name}'", self.layer, self._clustered, self.number_of_clusters)
+        check_weight_size(f"ClusterWeights '{self.name}'", self.layer, self._clustered, self.number_of_clusters,
+                          self.cluster_per_channel)
         slots = self.number_of_clusters - 1 if self.preserve_sparsity else self.number_of_clusters
+        per_channel = {id(w) for w in per_channel_kernels(self.layer)} if self.cluster_per_channel else set()
         self.cluster_centroids, self.pulling_indices, self.sparsity_masks = [], [], []
         for i, w in enumerate(self._clustered):
             values = ops.convert_to_numpy(ops.cast(w, "float32"))
             mask = (values != 0) if self.preserve_sparsity else np.ones(values.shape, bool)
-            shared = values[mask] if mask.any() else np.zeros(1, np.float32)
             seed = None if self.seed is None else self.seed + i
-            start = centroids_lib.initial_centroids(shared, slots, self.cluster_centroids_init, seed)
+            if id(w) in per_channel:
+                start = np.stack([self._initial_centroids(values[..., c], mask[..., c], slots,
+                                                          None if seed is None else [seed, c])
+                                  for c in range(values.shape[-1])])
+            else:
+                start = self._initial_centroids(values, mask, slots, seed)
             name = f"{i}_{w.name}"
-            centroids = self.add_weight(name=f"cluster_centroids_{name}", shape=(slots,),
+            centroids = self.add_weight(name=f"cluster_centroids_{name}", shape=start.shape,
                                         initializer="zeros", trainable=True, autocast=False)
             centroids.assign(start)
             indices = self.add_state(f"pulling_indices_{name}", w.shape, dtype="int32",
@@ -166,6 +194,10 @@ class ClusterWeights(Wrapper):
                 self.sparsity_masks[-1].assign(mask.astype(np.float32))
             else:
                 self.sparsity_masks.append(None)
+
+    def _initial_centroids(self, values, mask, slots, seed):
+        shared = values[mask] if mask.any() else np.zeros(1, np.float32)
+        return centroids_lib.initial_centroids(shared, slots, self.cluster_centroids_init, seed)
 
     @property
     def clustered_weights(self):
@@ -182,7 +214,7 @@ class ClusterWeights(Wrapper):
 
     @staticmethod
     def _shared(centroids, indices, mask, dtype):
-        values = ops.take(centroids, indices)
+        values = lookup(centroids, indices)
         if mask is not None:
             values = values * mask
         return ops.cast(values, dtype)
@@ -212,5 +244,6 @@ class ClusterWeights(Wrapper):
             "cluster_centroids_init": self.cluster_centroids_init,
             "preserve_sparsity": self.preserve_sparsity,
             "seed": self.seed,
+            "cluster_per_channel": self.cluster_per_channel,
         })
         return config

@@ -28,6 +28,7 @@ from keras_compress.quantization.wrapper import (
     folds_batch_norm,
     has_kernel_rule,
     own_activation,
+    ranged_per_output_channel,
     why_not_quantizable,
 )
 
@@ -683,12 +684,14 @@ class _Quantizer:
             for i, (inner, weights) in enumerate(parts):
                 last = i == len(parts) - 1
                 bn_copy = None if bn is None or not last else _models.copy_layer(bn)
+                clusters, per_channel = self._clusters(layer, inner, weights)
                 wrapper = QuantizeWrapper(
                     inner,
                     batch_norm=bn_copy,
                     activation=fused if last else None,
                     preserve_sparsity=self._keeps_zeros(layer),
-                    clusters=self._clusters(layer, weights),
+                    clusters=clusters,
+                    cluster_per_channel=per_channel,
                     name=self._unique(f"quant_{inner.name}"),
                 )
 
@@ -724,18 +727,25 @@ class _Quantizer:
             outputs = self._activation(outputs, own, activation, activation.name)
         return outputs
 
-    def _clusters(self, layer, weights):
-        """The number of distinct values the kernel among `weights` keeps
-        (cluster-preserving QAT), or None."""
+    def _clusters(self, layer, inner, weights):
+        """`(k, per_channel)`: the number of distinct values the kernel among
+        `weights` keeps in cluster-preserving QAT, per output channel when
+        they are shared within each channel and not across them (a Conv2D
+        clustered per channel), or `(None, False)`."""
         if not self.preserve_clusters:
-            return None
+            return None, False
         kernel = ops.convert_to_numpy(next(w for w in weights if len(w.shape) >= 2))
         distinct = len(np.unique(kernel))
+        if ranged_per_output_channel(inner):
+            per_channel = max(len(np.unique(kernel[..., c])) for c in range(kernel.shape[-1]))
+            if per_channel <= MAX_CLUSTERS and 2 * per_channel <= distinct and \
+                    per_channel < kernel.size // kernel.shape[-1]:
+                return per_channel, True
         # Not clustered: every entry its own value, or more than int8 holds.
         if distinct > MAX_CLUSTERS or distinct == kernel.size:
             self.unclustered.append(f"'{layer.name}' ({distinct} distinct values in {kernel.size})")
-            return None
-        return distinct
+            return None, False
+        return distinct, False
 
     def _keeps_zeros(self, layer):
         """Whether `layer`'s wrapper holds its zeros at zero: asked for, and

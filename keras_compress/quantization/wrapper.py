@@ -6,7 +6,7 @@ import numpy as np
 from keras import layers as L
 from keras import ops
 
-from keras_compress._clusters import shared_values
+from keras_compress._clusters import lookup, shared_values
 from keras_compress._wrappers import Wrapper
 from keras_compress.quantization.quantizers import (
     check_wrapper_policies,
@@ -53,6 +53,13 @@ def _rule_for(layer):
         if isinstance(layer, row[0]):
             return row[1:]
     return None
+
+
+def ranged_per_output_channel(layer):
+    """Whether `layer`'s kernel gets an int8 range per output channel (its
+    last axis): a Conv2D."""
+    rule = _rule_for(layer)
+    return rule is not None and rule[1] == -1
 
 
 def activation_name(layer):
@@ -130,8 +137,10 @@ class QuantizeWrapper(Wrapper):
     multiply. Such a kernel is quantized with one range for the whole
     tensor (unless a BatchNormalization folds into it, which scales each
     channel), so the int8 file holds at most `k` distinct int8 values per
-    kernel. The converter folds `centroids[indices]` into the file's
-    constant kernel.
+    kernel. With `cluster_per_channel=True` (a Conv2D kernel clustered per
+    output channel) each channel keeps its own `k` values and its own int8
+    range, so the file holds at most `k` int8 values per channel. The
+    converter folds `centroids[indices]` into the file's constant kernel.
 
     The wrapper does not quantize its output; `quantize_model` puts an
     `ActivationQuantizer` after it (after an Embedding it needs none). Keras
@@ -152,6 +161,9 @@ class QuantizeWrapper(Wrapper):
             kernel keeps (an integer >= 1): the kernel's values when the
             wrapper builds, or, when it has more (a fresh layer), a linear
             spread of `clusters` values that loading weights overwrites.
+        cluster_per_channel: with `clusters`, the number is per output
+            channel of a Conv2D kernel (each channel its own values). Default
+            False.
 
     Example:
 
@@ -169,7 +181,8 @@ class QuantizeWrapper(Wrapper):
     nested_config = ("batch_norm",)
 
     def __init__(
-        self, layer, batch_norm=None, activation=None, preserve_sparsity=True, clusters=None, **kwargs
+        self, layer, batch_norm=None, activation=None, preserve_sparsity=True, clusters=None,
+        cluster_per_channel=False, **kwargs
     ):
         self.expect_layer(layer)
         reason = why_not_quantizable(layer)
@@ -221,12 +234,22 @@ class QuantizeWrapper(Wrapper):
             raise ValueError(
                 f"QuantizeWrapper '{layer.name}': clusters must be None or an integer >= 1, got {clusters!r}."
             )
+        if not isinstance(cluster_per_channel, bool):
+            raise TypeError(f"QuantizeWrapper '{layer.name}': cluster_per_channel must be a bool, "
+                            f"got {cluster_per_channel!r}.")
+        if cluster_per_channel and (clusters is None or not ranged_per_output_channel(layer)):
+            raise ValueError(
+                f"QuantizeWrapper '{layer.name}': cluster_per_channel=True needs clusters= and a layer whose "
+                f"kernel is quantized per output channel (Conv2D), got clusters={clusters!r} on a "
+                f"{type(layer).__name__}."
+            )
         super().__init__(layer, **kwargs)
         check_wrapper_policies("QuantizeWrapper", self)
         self.batch_norm = batch_norm
         self.activation = activation
         self.preserve_sparsity = preserve_sparsity
         self.clusters = None if clusters is None else int(clusters)
+        self.cluster_per_channel = cluster_per_channel
 
     def build(self, input_shape=None):
         super().build(input_shape)
@@ -250,8 +273,9 @@ class QuantizeWrapper(Wrapper):
         self.refresh_kernel_range()
 
     def _build_clusters(self, kernel):
+        shape = (kernel.shape[-1], self.clusters) if self.cluster_per_channel else (self.clusters,)
         self.cluster_centroids = self.add_weight(
-            name="cluster_centroids", shape=(self.clusters,), initializer="zeros", trainable=True, autocast=False
+            name="cluster_centroids", shape=shape, initializer="zeros", trainable=True, autocast=False
         )
         self.cluster_indices = self.add_state("cluster_indices", kernel.shape, dtype="int32", aggregation="none")
         # A fresh layer (more values than clusters) gets its weights next:
@@ -265,18 +289,26 @@ class QuantizeWrapper(Wrapper):
         with `strict=False` leaves the clusters as they are."""
         kernel = self.kernel_variable
         values = ops.convert_to_numpy(ops.cast(kernel, "float32"))
-        distinct, indices = np.unique(values, return_inverse=True)
-        if distinct.size > self.clusters:
+        groups = [values[..., c] for c in range(values.shape[-1])] if self.cluster_per_channel else [values]
+        found = [np.unique(g, return_inverse=True) for g in groups]
+        most = max(distinct.size for distinct, _ in found)
+        if most > self.clusters:
             if not strict:
                 return
             raise ValueError(
-                f"QuantizeWrapper '{self.name}': the kernel of layer '{self.layer.name}' has {distinct.size} "
-                f"distinct values, more than clusters={self.clusters}."
+                f"QuantizeWrapper '{self.name}': the kernel of layer '{self.layer.name}' has {most} distinct "
+                f"values{' in an output channel' if self.cluster_per_channel else ''}, more than "
+                f"clusters={self.clusters}."
             )
         # Unused slots repeat the last value (no entry points at them).
-        distinct = np.concatenate([distinct, np.full(self.clusters - distinct.size, distinct[-1])])
-        self.cluster_centroids.assign(distinct.astype(np.float32))
-        self.cluster_indices.assign(indices.reshape(kernel.shape).astype(np.int32))
+        centroids = [np.concatenate([d, np.full(self.clusters - d.size, d[-1])]) for d, _ in found]
+        indices = [i.reshape(g.shape) for g, (_, i) in zip(groups, found)]
+        if self.cluster_per_channel:
+            centroids, indices = np.stack(centroids), np.stack(indices, axis=-1)
+        else:
+            centroids, indices = centroids[0], indices[0]
+        self.cluster_centroids.assign(centroids.astype(np.float32))
+        self.cluster_indices.assign(indices.astype(np.int32))
 
     def clustered_kernel(self, training=False):
         """The kernel as the centroids give it, `centroids[indices]` (a
@@ -287,7 +319,7 @@ class QuantizeWrapper(Wrapper):
         if self.preserve_sparsity:
             centroids = keep_zeros(centroids)
         if not training:
-            return ops.take(centroids, self.cluster_indices)
+            return lookup(centroids, self.cluster_indices)
         kernel = ops.cast(self.kernel_variable, "float32")
         if self.preserve_sparsity:
             kernel = keep_zeros(kernel)
@@ -313,7 +345,7 @@ class QuantizeWrapper(Wrapper):
 
     def _kernel_axes(self):
         _, axis, channel_axes = _rule_for(self.layer)
-        if self.clusters is not None and self.batch_norm is None:
+        if self.clusters is not None and self.batch_norm is None and not self.cluster_per_channel:
             # One range for the tensor keeps its k values k int8 values.
             return None, channel_axes
         if axis == "depthwise":
@@ -384,5 +416,5 @@ class QuantizeWrapper(Wrapper):
     def get_config(self):
         config = super().get_config()
         config.update({"activation": self.activation, "preserve_sparsity": self.preserve_sparsity,
-                       "clusters": self.clusters})
+                       "clusters": self.clusters, "cluster_per_channel": self.cluster_per_channel})
         return config
