@@ -6,6 +6,7 @@ tensor, or `(channels, k)`, one set per output channel (the weight's last
 axis, a Conv2D kernel's filters): then an index is the position within its
 channel's set."""
 
+import numpy as np
 from keras import ops
 
 
@@ -48,6 +49,15 @@ def lookup(centroids, indices):
     channels, k = centroids.shape
     flat = ops.reshape(indices, (-1, channels)) + ops.arange(channels, dtype="int32") * k
     return ops.reshape(ops.take(ops.reshape(centroids, (-1,)), flat), indices.shape)
+
+
+def values_per_channel(kernel, distinct):
+    """The most distinct values one output channel (last axis) of the numpy
+    `kernel` holds, if its values are shared within each channel and not
+    across them (clustered per channel: at most half of the kernel's
+    `distinct` values in any channel), else `None`."""
+    most = max(len(np.unique(kernel[..., c])) for c in range(kernel.shape[-1]))
+    return most if 2 * most <= distinct else None
 
 
 def shared_values(weight, centroids, indices_variable):

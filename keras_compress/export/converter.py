@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from keras_compress._backend import check_backend
+from keras_compress._clusters import values_per_channel
 from keras_compress._models import (
     check_finite_weights,
     kernel_attributes,
@@ -372,7 +373,7 @@ def _warn_shared_values(model):
                 nonzero = values[values != 0]
                 distinct = len(np.unique(nonzero))
                 if len(values.shape) >= 2 and 0 < distinct <= _MAX_SHARED_VALUES and 2 * distinct <= nonzero.size \
-                        and not _shared_per_channel(values, distinct):
+                        and values_per_channel(values, distinct) is None:
                     found.append(f"'{layer.name}' ({distinct} values)")
     if found:
         warnings.warn(
@@ -382,14 +383,6 @@ def _warn_shared_values(model):
             "each kernel with one scale and keeps them.",
             stacklevel=3,
         )
-
-
-def _shared_per_channel(values, distinct):
-    """Whether a kernel's values are shared within each output channel (the
-    last axis) and not across them (clustered per channel): per-channel
-    scales keep those."""
-    per_channel = max(len(np.unique(values[..., c])) for c in range(values.shape[-1]))
-    return 2 * per_channel <= distinct
 
 
 def _resolve_quantization(model, quantization):

@@ -9,6 +9,7 @@ from keras import layers as L
 from keras import ops
 
 from keras_compress._backend import check_backend
+from keras_compress._clusters import values_per_channel
 from keras_compress import _models
 from keras_compress.quantization import rules
 from keras_compress.quantization.attention import (
@@ -737,8 +738,8 @@ class _Quantizer:
         kernel = ops.convert_to_numpy(next(w for w in weights if len(w.shape) >= 2))
         distinct = len(np.unique(kernel))
         if ranged_per_output_channel(inner):
-            per_channel = max(len(np.unique(kernel[..., c])) for c in range(kernel.shape[-1]))
-            if per_channel <= MAX_CLUSTERS and 2 * per_channel <= distinct and \
+            per_channel = values_per_channel(kernel, distinct)
+            if per_channel is not None and per_channel <= MAX_CLUSTERS and \
                     per_channel < kernel.size // kernel.shape[-1]:
                 return per_channel, True
         # Not clustered: every entry its own value, or more than int8 holds.
