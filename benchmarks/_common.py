@@ -41,6 +41,16 @@ def pin_threads(threads):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def copy_model(model):
+    """A clone of a Keras `model` with its weights (Keras imported here, not
+    at import time: the tf_keras peers import this module too)."""
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def mean_std(values):
     """`(mean, sample std)` of `values`; the std of one value is 0."""
     import statistics

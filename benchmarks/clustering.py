@@ -25,7 +25,7 @@ Dense kernels keep one set per tensor, as in tfmot); the distinct-values column 
 largest number of int8 values in one output channel.
 """
 
-from _common import mean_std, parser, pin_threads, write_results
+from _common import copy_model, mean_std, parser, pin_threads, write_results
 
 
 def parse_args():
@@ -107,7 +107,7 @@ def ours(base, x, y, seed):
     keras.utils.set_random_seed(seed)
     with warnings.catch_warnings():  # --per-channel: the Dense layers keep one set per tensor (as tfmot's)
         warnings.simplefilter("ignore")
-        clustered = kc.clustering.cluster_weights(_copy(base), ARGS.clusters, ARGS.init, seed=seed,
+        clustered = kc.clustering.cluster_weights(copy_model(base), ARGS.clusters, ARGS.init, seed=seed,
                                                   cluster_per_channel=ARGS.per_channel)
     examples.compile_classifier(clustered)
     clustered.fit(x, y, batch_size=32, epochs=ARGS.cluster_epochs, verbose=0)
@@ -175,12 +175,6 @@ def main():
               f"points (per seed {', '.join(f'{a:+.2f}' for a in acc)}); gzip bytes {gz_mean:+,.0f} "
               f"+- {gz_std:,.0f} (per seed {', '.join(f'{g:+,}' for g in gz)})")
     write_results(ARGS.out, {"rows": rows, "summary": summary}, ARGS)
-
-
-def _copy(model):
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ interleaved rounds). Mean +- std over seeds.
 
 import statistics
 
-from _common import mean_std, parser, pin_threads, write_results
+from _common import copy_model, mean_std, parser, pin_threads, write_results
 
 
 def parse_args():
@@ -70,7 +70,7 @@ def main():
         files = {}
         for label, pattern in (("unstructured 50%", None), ("2:4", (2, 4))):
             keras.utils.set_random_seed(seed)
-            model = fine_tune(_copy(base), x, y, pattern)
+            model = fine_tune(copy_model(base), x, y, pattern)
             flatbuffer = kc.to_tflite(model, quantization="int8", representative_data=x[:200])
             files[label] = flatbuffer
             zeros = sum(int(np.sum(keras.ops.convert_to_numpy(l.kernel) == 0)) for l in model.layers
@@ -106,12 +106,6 @@ def main():
     mean, std = mean_std([100 * (r["2:4"]["accuracy"] - r["unstructured 50%"]["accuracy"]) for r in rows])
     print(f"  2:4 minus unstructured, test accuracy: {mean:+.2f} +- {std:.2f} points (paired by seed)")
     write_results(ARGS.out, {"rows": rows, "summary": summary}, ARGS)
-
-
-def _copy(model):
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 if __name__ == "__main__":

@@ -140,17 +140,13 @@ def copy_layer(layer):
 def _named_inputs(model):
     """New inputs named like the model's InputLayers (Keras's clone would name
     them after the tensors, which renames the converted model's inputs)."""
-    if not isinstance(model, Functional) or isinstance(model, keras.Sequential):
+    if not _is_functional(model):
         return None
-    return keras.tree.map_structure(
-        lambda t: keras.Input(
-            batch_shape=t.shape,
-            dtype=t.dtype,
-            sparse=t.sparse,
-            name=t._keras_history.operation.name,
-        ),
-        model.input,
-    )
+    return _inputs_like(model, (model.input,))
+
+
+def _is_functional(layer):
+    return isinstance(layer, Functional) and not isinstance(layer, keras.Sequential)
 
 
 def _inputs_like(model, args):
@@ -188,7 +184,7 @@ def clone_model(model, transform):
     def clone_function(layer):
         if not isinstance(layer, keras.layers.Layer):
             return layer
-        if isinstance(layer, Functional) and not isinstance(layer, keras.Sequential):
+        if _is_functional(layer):
             # Rebuilt by `call_function` at its call, on Inputs shaped like
             # the (maybe narrowed) tensors it is called with.
             return layer
@@ -209,25 +205,24 @@ def clone_model(model, transform):
         cache[id(layer)] = new
         return new
 
+    def functional_clone(layer, args):
+        """A nested Functional `layer`'s clone (once), on Inputs shaped like `args`."""
+        if id(layer) not in cache:
+            cache[id(layer)] = keras.models.clone_model(
+                layer, input_tensors=_inputs_like(layer, args), clone_function=clone_function,
+                call_function=call_function,
+            )
+        return cache[id(layer)]
+
     def call_function(layer, *args, **kwargs):
-        if isinstance(layer, Functional) and not isinstance(layer, keras.Sequential):
-            if id(layer) not in cache:
-                cache[id(layer)] = keras.models.clone_model(
-                    layer, input_tensors=_inputs_like(layer, args), clone_function=clone_function,
-                    call_function=call_function,
-                )
-            layer = cache[id(layer)]
+        if _is_functional(layer):
+            layer = functional_clone(layer, args)
         return layer(*args, **kwargs)
 
     def in_sequential(layer):
         # A Sequential lists its layers uncalled: a Functional among them is
         # cloned at once, with its own Input shapes.
-        if isinstance(layer, Functional) and not isinstance(layer, keras.Sequential):
-            if id(layer) not in cache:
-                cache[id(layer)] = keras.models.clone_model(layer, clone_function=clone_function,
-                                                            call_function=call_function)
-            return cache[id(layer)]
-        return clone_function(layer)
+        return functional_clone(layer, (layer.input,)) if _is_functional(layer) else clone_function(layer)
 
     if isinstance(model, keras.Sequential):
         clone = keras.models.clone_model(model, clone_function=in_sequential)

@@ -136,17 +136,26 @@ def main(argv=None):
     return 0
 
 
+def _on_file(path, work):
+    """`work(path)`'s result, or `None` after printing why not: no such file,
+    or the error (ValueError, TypeError) it raised."""
+    if not os.path.isfile(path):
+        print(f"tflite-bench: no such file: {path}", file=sys.stderr)
+        return None
+    try:
+        return work(path)
+    except (ValueError, TypeError) as error:
+        print(f"tflite-bench: {error}", file=sys.stderr)
+        return None
+
+
 def _profile(args):
     from tflite_bench.op_profile import profile_ops
 
-    if not os.path.isfile(args.model):
-        print(f"tflite-bench: no such file: {args.model}", file=sys.stderr)
-        return 2
-    try:
-        profile = profile_ops(args.model, threads=args.threads, rounds=args.rounds, runs=args.runs,
-                              warmup=args.warmup, use_xnnpack=not args.no_xnnpack, progress=True)
-    except (ValueError, TypeError) as error:
-        print(f"tflite-bench: {error}", file=sys.stderr)
+    profile = _on_file(args.model, lambda path: profile_ops(
+        path, threads=args.threads, rounds=args.rounds, runs=args.runs, warmup=args.warmup,
+        use_xnnpack=not args.no_xnnpack, progress=True))
+    if profile is None:
         return 2
     print(profile)
     if args.out:
@@ -160,15 +169,12 @@ def _profile(args):
 def _c_source(args):
     from tflite_bench.micro import arena_estimate, to_c_source
 
-    if not os.path.isfile(args.model):
-        print(f"tflite-bench: no such file: {args.model}", file=sys.stderr)
+    done = _on_file(args.model, lambda path: (
+        to_c_source(path, args.source, name=args.name, alignment=args.alignment),
+        arena_estimate(path, alignment=args.alignment)))
+    if done is None:
         return 2
-    try:
-        written = to_c_source(args.model, args.source, name=args.name, alignment=args.alignment)
-        plan = arena_estimate(args.model, alignment=args.alignment)
-    except (ValueError, TypeError) as error:
-        print(f"tflite-bench: {error}", file=sys.stderr)
-        return 2
+    written, plan = done
     print("wrote " + " and ".join(written))
     print(plan.summary())
     return 0
